@@ -1,0 +1,5 @@
+import sys
+
+from telemed.cli import main
+
+sys.exit(main())

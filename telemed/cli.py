@@ -1,0 +1,160 @@
+"""``telemed``: serve, demo, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from telemed.app import create_app
+from telemed.db import pending_migrations, upgrade
+from telemed.demo import DemoConsultation, demo_consultation
+from telemed.services import Services, build_services
+from telemed.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("telemed")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; printed without a traceback, exit status 1."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    try:
+        settings = load_settings(**overrides)
+        logging.basicConfig(
+            level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        result: int = asyncio.run(args.handler(settings, args))
+        return result
+    except SettingsError as exc:
+        print(f"telemed: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"telemed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="telemed", description="Telemedicine consultations.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the web app, signaling and API in one process")
+    serve.add_argument("--host", help="address to listen on (TELEMED_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on (TELEMED_PORT)")
+    serve.add_argument(
+        "--demo", action="store_true",
+        help="seed the demo clinic if the database is empty and print a doctor's and a patient's link",
+    )
+    serve.set_defaults(handler=_serve)
+
+    demo = commands.add_parser("demo", help="create a fresh demo consultation and print its links")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.set_defaults(handler=_demo)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="apply all migrations")
+    db_upgrade.set_defaults(handler=_db_upgrade)
+    return parser
+
+
+async def _ready_services(settings: Settings) -> Services:
+    services = build_services(settings)
+    try:
+        outdated = await pending_migrations(services.engine)
+    except Exception as exc:
+        await services.engine.dispose()
+        raise CommandError(f"cannot reach the database: {exc}") from None
+    if outdated:
+        await services.engine.dispose()
+        raise CommandError("the database is not migrated: run `telemed db upgrade` first")
+    return services
+
+
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    services = await _ready_services(settings)
+    app = create_app(settings, services)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
+    print(f"telemed is serving on http://{settings.host}:{settings.port}", flush=True)
+    if args.demo:
+        links = await demo_consultation(
+            services.sessions, services.consultations, services.accounts,
+            settings.effective_public_url, fresh=False,
+        )
+        print(_for_people(links), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    print("telemed is stopping", flush=True)
+    await runner.cleanup()
+    return 0
+
+
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    services = await _ready_services(settings)
+    try:
+        links = await demo_consultation(
+            services.sessions, services.consultations, services.accounts,
+            settings.effective_public_url, fresh=True,
+        )
+    finally:
+        await services.engine.dispose()
+    fields = {
+        key: value for key, value in links.as_dict().items()
+        if key not in ("doctor_username", "doctor_password")
+    }
+    print(json.dumps(fields, ensure_ascii=False) if args.json else _for_people(links))
+    return 0
+
+
+async def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    services = build_services(settings)
+    try:
+        await upgrade(services.engine)
+    except Exception as exc:
+        raise CommandError(f"migration failed: {exc}") from None
+    finally:
+        await services.engine.dispose()
+    print("database is up to date")
+    return 0
+
+
+def _for_people(links: DemoConsultation) -> str:
+    return "\n".join(
+        [
+            "",
+            "Демо-консультация / demo consultation " + links.consultation_id,
+            "  Врач / doctor:     " + links.doctor_url,
+            "  Пациент / patient: " + links.patient_url,
+            f"  (the doctor can also sign in as {links.doctor_username} / {links.doctor_password})",
+            "",
+        ]
+    )

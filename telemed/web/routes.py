@@ -1,0 +1,150 @@
+"""HTTP routes: thin handlers that parse, call a service and respond."""
+
+from __future__ import annotations
+
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import text
+
+from telemed.demo import patient_link
+from telemed.identity.tokens import AccessClaims, TokenError
+from telemed.problems import BadRequest, Forbidden, Unauthorized
+from telemed.services import SERVICES, Services
+
+STATIC_DIR = Path(__file__).parent / "static"
+# Appointment lists are "today" in the clinic's day; Moscow time until clinics get a zone.
+CLINIC_ZONE = ZoneInfo("Europe/Moscow")
+
+
+def _services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+class LoginRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=200)
+
+
+async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
+    if request.content_type != "application/json":
+        raise BadRequest("send application/json", code="unsupported-media-type", status=415,
+                         title="Unsupported media type")
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BadRequest(f"{where}: {first['msg']}") from None
+
+
+def _claims(request: web.Request) -> AccessClaims:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("send Authorization: Bearer <access token>", code="token-missing")
+    try:
+        return _services(request).tokens.verify_access(token.strip())
+    except TokenError as exc:
+        raise Unauthorized(exc.message, code=exc.code.replace("_", "-")) from None
+
+
+def _doctor(request: web.Request) -> AccessClaims:
+    claims = _claims(request)
+    if claims.role != "doctor" or not claims.practitioner_id:
+        raise Forbidden("only doctors may do this")
+    return claims
+
+
+# API -----------------------------------------------------------------------------------
+
+
+async def login(request: web.Request) -> web.Response:
+    body: LoginRequest = await _json_body(request, LoginRequest)
+    result = await _services(request).accounts.login(body.username, body.password)
+    return web.json_response(
+        {
+            "access_token": result.access_token,
+            "token_type": "Bearer",
+            "expires_in": result.expires_in,
+            "role": result.role,
+            "display_name": result.display_name,
+        }
+    )
+
+
+async def appointments(request: web.Request) -> web.Response:
+    claims = _doctor(request)
+    today = datetime.now(CLINIC_ZONE).date()
+    start = datetime.combine(today, time.min, CLINIC_ZONE)
+    views = await _services(request).consultations.appointments_between(
+        claims.practitioner_id, start, start + timedelta(days=1)
+    )
+    return web.json_response({"appointments": [view.as_dict() for view in views]})
+
+
+async def start_consultation(request: web.Request) -> web.Response:
+    claims = _doctor(request)
+    services = _services(request)
+    consultation_id = request.match_info["consultation_id"]
+    started = await services.consultations.start(consultation_id, claims.practitioner_id)
+    patient_ticket = await services.consultations.ticket_for(consultation_id, "patient")
+    return web.json_response(
+        {
+            "consultation_id": started.consultation_id,
+            "state": started.state.value,
+            "ticket": started.doctor_ticket,
+            "patient_url": patient_link(
+                services.settings.effective_public_url, consultation_id, patient_ticket
+            ),
+        }
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with _services(request).engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:
+        return web.json_response({"status": "unavailable", "database": "down"}, status=503)
+    return web.json_response({"status": "ok", "database": "up"})
+
+
+# Pages ---------------------------------------------------------------------------------
+
+
+def _page(name: str) -> Any:
+    async def handler(request: web.Request) -> web.FileResponse:
+        response = web.FileResponse(STATIC_DIR / name)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return handler
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/doctor")
+
+
+def setup(app: web.Application, vendor_dir: Path) -> None:
+    app.router.add_get("/", index)
+    app.router.add_get("/doctor", _page("doctor.html"))
+    app.router.add_get(r"/join/{consultation_id:[A-Za-z0-9-]{1,64}}", _page("patient.html"))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/api/v1/login", login)
+    app.router.add_get("/api/v1/appointments", appointments)
+    app.router.add_post(
+        r"/api/v1/consultations/{consultation_id:[A-Za-z0-9-]{1,64}}/start", start_consultation
+    )
+    app.router.add_static("/static/vendor/socket.io/", vendor_dir)
+    app.router.add_static("/static/", STATIC_DIR)
