@@ -10,10 +10,12 @@ run: install
 	$(BIN)/telemed serve --demo
 
 test: install-test browser
-	$(BIN)/ruff check .
-	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/pytest
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 install: $(VENV)/.installed node_modules/.installed
 

@@ -49,9 +49,9 @@ class SessionDescription(Message):
 class IceCandidate(Message):
     # An empty candidate string is the browser's end-of-candidates marker.
     candidate: Annotated[str, StringConstraints(max_length=MAX_CANDIDATE_CHARS)]
-    sdpMid: Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)] | None = None  # noqa: N815
-    sdpMLineIndex: Annotated[int, Field(ge=0, le=255)] | None = None  # noqa: N815
-    usernameFragment: Annotated[str, StringConstraints(max_length=256)] | None = None  # noqa: N815
+    sdpMid: Annotated[str, StringConstraints(max_length=MAX_ID_CHARS)] | None = None
+    sdpMLineIndex: Annotated[int, Field(ge=0, le=255)] | None = None
+    usernameFragment: Annotated[str, StringConstraints(max_length=256)] | None = None
 
 
 class SignalMessage(Message):

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 
 class TokenBucket:
-    __slots__ = ("_clock", "_rate", "_burst", "_tokens", "_updated")
+    __slots__ = ("_burst", "_clock", "_rate", "_tokens", "_updated")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         if rate <= 0 or burst < 1:

@@ -13,6 +13,7 @@ from telemed.settings import Settings, SettingsError
 from telemed.web import routes
 from telemed.web.middleware import problem_middleware, security_headers
 
+
 def vendor_dir() -> Path:
     """Where npm put the socket.io browser client (``npm ci`` at set-up time)."""
     for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
