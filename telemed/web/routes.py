@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ from telemed.demo import patient_link
 from telemed.identity.tokens import AccessClaims, TokenError
 from telemed.problems import BadRequest, Forbidden, Unauthorized
 from telemed.services import SERVICES, Services
+from telemed.web.pages import render_page
 
 STATIC_DIR = Path(__file__).parent / "static"
+NO_STORE = {"Cache-Control": "no-store"}
 # Appointment lists are "today" in the clinic's day; Moscow time until clinics get a zone.
 CLINIC_ZONE = ZoneInfo("Europe/Moscow")
 
@@ -33,8 +36,12 @@ class LoginRequest(BaseModel):
 
 async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
     if request.content_type != "application/json":
-        raise BadRequest("send application/json", code="unsupported-media-type", status=415,
-                         title="Unsupported media type")
+        raise BadRequest(
+            "send application/json",
+            code="unsupported-media-type",
+            status=415,
+            title="Unsupported media type",
+        )
     try:
         return model.model_validate_json(await request.read())
     except ValidationError as exc:
@@ -54,11 +61,12 @@ def _claims(request: web.Request) -> AccessClaims:
         raise Unauthorized(exc.message, code=exc.code.replace("_", "-")) from None
 
 
-def _doctor(request: web.Request) -> AccessClaims:
+def _doctor(request: web.Request) -> str:
+    """The practitioner id of the doctor making the request; anyone else is refused."""
     claims = _claims(request)
     if claims.role != "doctor" or not claims.practitioner_id:
         raise Forbidden("only doctors may do this")
-    return claims
+    return claims.practitioner_id
 
 
 # API -----------------------------------------------------------------------------------
@@ -79,20 +87,20 @@ async def login(request: web.Request) -> web.Response:
 
 
 async def appointments(request: web.Request) -> web.Response:
-    claims = _doctor(request)
+    practitioner_id = _doctor(request)
     today = datetime.now(CLINIC_ZONE).date()
     start = datetime.combine(today, time.min, CLINIC_ZONE)
     views = await _services(request).consultations.appointments_between(
-        claims.practitioner_id, start, start + timedelta(days=1)
+        practitioner_id, start, start + timedelta(days=1)
     )
     return web.json_response({"appointments": [view.as_dict() for view in views]})
 
 
 async def start_consultation(request: web.Request) -> web.Response:
-    claims = _doctor(request)
+    practitioner_id = _doctor(request)
     services = _services(request)
     consultation_id = request.match_info["consultation_id"]
-    started = await services.consultations.start(consultation_id, claims.practitioner_id)
+    started = await services.consultations.start(consultation_id, practitioner_id)
     patient_ticket = await services.consultations.ticket_for(consultation_id, "patient")
     return web.json_response(
         {
@@ -122,11 +130,11 @@ async def readyz(request: web.Request) -> web.Response:
 # Pages ---------------------------------------------------------------------------------
 
 
-def _page(name: str) -> Any:
-    async def handler(request: web.Request) -> web.FileResponse:
-        response = web.FileResponse(STATIC_DIR / name)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+def _page(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    html = render_page(name)
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html", headers=NO_STORE)
 
     return handler
 

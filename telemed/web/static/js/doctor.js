@@ -13,6 +13,7 @@ import {
   attachRemoteVideo,
   bindUnmuteButton,
   byId,
+  callStageElements,
   clearVideo,
   copyText,
   fatalKey,
@@ -32,6 +33,7 @@ const RESUMABLE = new Set(["waiting", "in_progress"]);
 const STARTABLE = new Set(["scheduled", "waiting", "in_progress"]);
 
 const el = {
+  ...callStageElements(),
   logout: byId("logout"),
   loginView: byId("login-view"),
   loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
@@ -48,19 +50,9 @@ const el = {
   appointments: byId("appointments"),
   callView: byId("call-view"),
   callTitle: byId("call-title"),
-  callState: byId("call-state"),
-  remoteVideo: /** @type {HTMLVideoElement} */ (byId("remote-video")),
-  localVideo: /** @type {HTMLVideoElement} */ (byId("local-video")),
-  unmuteRemote: byId("unmute-remote"),
-  stageOverlay: byId("stage-overlay"),
   stageMessage: byId("stage-message"),
-  endedPanel: byId("ended-panel"),
   backToList: byId("back-to-list"),
-  fatalPanel: byId("fatal-panel"),
-  fatalMessage: byId("fatal-message"),
-  fatalReload: byId("fatal-reload"),
   fatalBack: byId("fatal-back"),
-  hangup: /** @type {HTMLButtonElement} */ (byId("hangup")),
   patientLink: /** @type {HTMLInputElement} */ (byId("patient-link")),
   copyLink: byId("copy-link"),
   waitingSummary: byId("waiting-summary"),
@@ -68,14 +60,8 @@ const el = {
   waitingList: byId("waiting-list"),
 };
 
-const media = new MediaControls(byId("mute-audio"), byId("mute-video"), el.localVideo);
-const chat = new ChatView({
-  log: byId("chat-log"),
-  form: /** @type {HTMLFormElement} */ (byId("chat-form")),
-  input: /** @type {HTMLInputElement} */ (byId("chat-input")),
-  send: /** @type {HTMLButtonElement} */ (byId("chat-send")),
-  empty: byId("chat-empty"),
-});
+const media = MediaControls.fromPage(el.localVideo);
+const chat = ChatView.fromPage();
 
 /** Everything about the page's current situation. */
 const page = {

@@ -12,6 +12,7 @@ import {
   attachRemoteVideo,
   bindUnmuteButton,
   byId,
+  callStageElements,
   clearVideo,
   fatalKey,
   initLanguage,
@@ -27,35 +28,19 @@ import {
 const TICKET_KEY_PREFIX = "telemed.ticket.";
 
 const el = {
-  callState: byId("call-state"),
+  ...callStageElements(),
   mediaHelp: byId("media-help"),
   mediaHelpText: byId("media-help-text"),
   mediaHelpMobile: byId("media-help-mobile"),
   mediaRetry: /** @type {HTMLButtonElement} */ (byId("media-retry")),
   mediaContinue: /** @type {HTMLButtonElement} */ (byId("media-continue")),
-  remoteVideo: /** @type {HTMLVideoElement} */ (byId("remote-video")),
-  localVideo: /** @type {HTMLVideoElement} */ (byId("local-video")),
-  unmuteRemote: byId("unmute-remote"),
-  stageOverlay: byId("stage-overlay"),
   lobbyStatus: byId("lobby-status"),
   leftPanel: byId("left-panel"),
   rejoin: byId("rejoin"),
-  endedPanel: byId("ended-panel"),
-  fatalPanel: byId("fatal-panel"),
-  fatalMessage: byId("fatal-message"),
-  fatalReload: byId("fatal-reload"),
-  hangup: /** @type {HTMLButtonElement} */ (byId("hangup")),
 };
 
-const media = new MediaControls(byId("mute-audio"), byId("mute-video"), el.localVideo);
-const chat = new ChatView({
-  log: byId("chat-log"),
-  form: /** @type {HTMLFormElement} */ (byId("chat-form")),
-  input: /** @type {HTMLInputElement} */ (byId("chat-input")),
-  send: /** @type {HTMLButtonElement} */ (byId("chat-send")),
-  empty: byId("chat-empty"),
-  note: byId("chat-note"),
-});
+const media = MediaControls.fromPage(el.localVideo);
+const chat = ChatView.fromPage();
 
 /** @type {CallSession|null} */
 let session = null;

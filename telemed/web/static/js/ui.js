@@ -28,6 +28,25 @@ export function byId(id) {
   return el;
 }
 
+/**
+ * The elements every call page has: the state badge, the stage with both videos, its
+ * overlay and end panels, and the hang-up button.
+ */
+export function callStageElements() {
+  return {
+    callState: byId("call-state"),
+    remoteVideo: /** @type {HTMLVideoElement} */ (byId("remote-video")),
+    localVideo: /** @type {HTMLVideoElement} */ (byId("local-video")),
+    unmuteRemote: byId("unmute-remote"),
+    stageOverlay: byId("stage-overlay"),
+    endedPanel: byId("ended-panel"),
+    fatalPanel: byId("fatal-panel"),
+    fatalMessage: byId("fatal-message"),
+    fatalReload: byId("fatal-reload"),
+    hangup: /** @type {HTMLButtonElement} */ (byId("hangup")),
+  };
+}
+
 /** Read from session/local storage without failing where storage is disabled. */
 export function storageGet(storage, key) {
   try {
@@ -162,6 +181,11 @@ export class MediaControls {
   /** @type {MediaStream|null} */
   #stream = null;
 
+  /** The controls of a page built from the shared partial (pages/partials/call-controls.html). */
+  static fromPage(localVideo) {
+    return new MediaControls(byId("mute-audio"), byId("mute-video"), localVideo);
+  }
+
   constructor(audioButton, videoButton, localVideo) {
     this.buttons = { audio: audioButton, video: videoButton };
     this.localVideo = localVideo;
@@ -222,6 +246,18 @@ export class ChatView {
     });
     onLanguageChange(() => this.#retime());
     this.setEnabled(false);
+  }
+
+  /** The chat of a page built from the shared partial (pages/partials/chat.html). */
+  static fromPage() {
+    return new ChatView({
+      log: byId("chat-log"),
+      form: /** @type {HTMLFormElement} */ (byId("chat-form")),
+      input: /** @type {HTMLInputElement} */ (byId("chat-input")),
+      send: /** @type {HTMLButtonElement} */ (byId("chat-send")),
+      empty: byId("chat-empty"),
+      note: document.getElementById("chat-note") ?? undefined,
+    });
   }
 
   /** Use this session for sending (messages come in through {@link ChatView#add}). */
