@@ -3,6 +3,7 @@ the ``telemed`` CLI, cleanup on error or SIGTERM. Not a benchmark itself."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -98,8 +99,13 @@ class Server:
         with self.log_path.open("wb") as log:
             # Its own session: a Ctrl-C in the terminal reaches only us, and we stop it.
             self.process = subprocess.Popen(
-                self.argv, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                self.argv,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
@@ -173,9 +179,7 @@ class Workspace:
             shutil.rmtree(self.root, ignore_errors=True)
 
     def telemed_env(self, port: int | None = None, **extra: str) -> dict[str, str]:
-        env = {
-            key: value for key, value in os.environ.items() if not key.startswith("TELEMED_")
-        }
+        env = {key: value for key, value in os.environ.items() if not key.startswith("TELEMED_")}
         env.update(
             TELEMED_DATA_DIR=str(self.data_dir),
             PYTHONUNBUFFERED="1",
@@ -191,8 +195,13 @@ class Workspace:
         Tickets name their issuer (the public URL, http://127.0.0.1:PORT by default), so
         commands that issue them must see the ``port`` the server will listen on."""
         done = subprocess.run(
-            [PYTHON, "-m", "telemed", *args], cwd=REPO, env=self.telemed_env(port),
-            capture_output=True, text=True, timeout=timeout, check=False,
+            [PYTHON, "-m", "telemed", *args],
+            cwd=REPO,
+            env=self.telemed_env(port),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if done.returncode != 0:
             raise BenchError(f"telemed {' '.join(args)} failed: {done.stderr.strip()}")
@@ -225,6 +234,17 @@ class Workspace:
         self.servers.append(server)
         server.start()
         return server
+
+
+def add_profile_option(parser: argparse.ArgumentParser) -> None:
+    """``--profile DIR``: run both servers under cProfile (figures are then not comparable)."""
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run both servers under cProfile, write DIR/{ours,bare}.prof and print the top "
+        "functions (slows the servers down: figures are then not comparable)",
+    )
 
 
 def top_functions(profile: Path, limit: int = 25, sort: str = "tottime") -> str:

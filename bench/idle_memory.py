@@ -41,6 +41,7 @@ from _harness import (
     BenchError,
     Server,
     Workspace,
+    add_profile_option,
     exit_on_sigterm,
     free_port,
     median,
@@ -66,7 +67,10 @@ async def _open_one(
     async with limit:
         try:
             await client.connect(
-                url, namespaces=[NAMESPACE], transports=["websocket"], wait_timeout=30,
+                url,
+                namespaces=[NAMESPACE],
+                transports=["websocket"],
+                wait_timeout=30,
                 auth={"ticket": ticket} if ticket else None,
             )
             data = {"instance": f"idle-{index}"} if ticket else {"participant_id": f"idle-{index}"}
@@ -128,10 +132,7 @@ async def _make_tickets(data_dir: Path, port: int, count: int) -> list[str]:
     try:
         tickets = []
         for _ in range(count):
-            demo = await demo_consultation(
-                services.sessions, services.consultations, services.accounts,
-                settings.effective_public_url, fresh=True,
-            )
+            demo = await demo_consultation(services, fresh=True)
             tickets.append(demo.patient_token)
         return tickets
     finally:
@@ -148,8 +149,17 @@ class ClientGroup:
 
     def open(self, server: Server, tickets: Path, first: int, count: int, bare: bool) -> None:
         argv = [
-            PYTHON, str(Path(__file__).resolve()), "--client", "--url", server.url,
-            "--tickets", str(tickets), "--first", str(first), "--count", str(count),
+            PYTHON,
+            str(Path(__file__).resolve()),
+            "--client",
+            "--url",
+            server.url,
+            "--tickets",
+            str(tickets),
+            "--first",
+            str(first),
+            "--count",
+            str(count),
         ]
         if bare:
             argv.append("--bare")
@@ -177,9 +187,7 @@ class ClientGroup:
                 )
             report = json.loads(line)
             if report["failed"]:
-                raise BenchError(
-                    f"{report['failed']} connections failed, e.g. {report['errors']}"
-                )
+                raise BenchError(f"{report['failed']} connections failed, e.g. {report['errors']}")
             ready += int(report["ready"])
         return ready
 
@@ -299,11 +307,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument(
-        "--profile", type=Path, metavar="DIR",
-        help="run both servers under cProfile, write DIR/{ours,bare}.prof and print the top "
-        "functions by cumulative time (distorts the figures)",
-    )
+    add_profile_option(parser)
     # Client subprocess mode (internal).
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -358,16 +362,21 @@ def main() -> int:
     figures = {
         "benchmark": "idle_memory",
         "params": {
-            "connections": args.connections, "warmup": args.warmup,
-            "client_processes": args.client_processes, "settle": args.settle,
-            "transport": "websocket", "host": "127.0.0.1",
-            "tickets_seconds": round(tickets_seconds, 1), "profiled": bool(args.profile),
+            "connections": args.connections,
+            "warmup": args.warmup,
+            "client_processes": args.client_processes,
+            "settle": args.settle,
+            "transport": "websocket",
+            "host": "127.0.0.1",
+            "tickets_seconds": round(tickets_seconds, 1),
+            "profiled": bool(args.profile),
         },
         "ours": asdict(ours),
         "bare": asdict(bare),
         "ours_minus_bare_kib": round(ours.kib_per_participant - bare.kib_per_participant, 1),
         "ratio": round(ours.kib_per_participant / bare.kib_per_participant, 3)
-        if bare.kib_per_participant > 0 else None,
+        if bare.kib_per_participant > 0
+        else None,
         "goal_kib_per_participant": GOAL_KIB_PER_PARTICIPANT,
         "meets_goal": ours.kib_per_participant <= GOAL_KIB_PER_PARTICIPANT,
     }

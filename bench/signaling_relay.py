@@ -29,7 +29,6 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import socketio
@@ -38,6 +37,7 @@ from _harness import (
     BenchError,
     Server,
     Workspace,
+    add_profile_option,
     exit_on_sigterm,
     free_port,
     median,
@@ -254,7 +254,9 @@ class Results:
         return {
             key: round(median([getattr(run, key) for run in runs]), 3)
             for key in (
-                "throughput_msgs_per_s", "latency_p50_ms", "latency_p99_ms",
+                "throughput_msgs_per_s",
+                "latency_p50_ms",
+                "latency_p99_ms",
                 "server_cpu_us_per_msg",
             )
         }
@@ -280,7 +282,10 @@ class Results:
 
 
 async def run_clients(
-    ours_server: Server, bare_server: Server, demo: dict[str, Any], args: argparse.Namespace,
+    ours_server: Server,
+    bare_server: Server,
+    demo: dict[str, Any],
+    args: argparse.Namespace,
     results: Results,
 ) -> None:
     ours, bare = await ours_pair(ours_server, demo), await bare_pair(bare_server)
@@ -299,7 +304,8 @@ async def run_clients(
                         f"  round {index + 1} {run.server}: {run.throughput_msgs_per_s:,.0f} msg/s,"
                         f" p50 {run.latency_p50_ms:.3f} ms, p99 {run.latency_p99_ms:.3f} ms,"
                         f" server CPU {run.server_cpu_us_per_msg:.0f} µs/msg",
-                        file=sys.stderr, flush=True,
+                        file=sys.stderr,
+                        flush=True,
                     )
     finally:
         await ours.close()
@@ -348,11 +354,7 @@ def main() -> int:
     parser.add_argument("--serial", type=int, default=1000, help="messages per latency run")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per server")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up blast size")
-    parser.add_argument(
-        "--profile", type=Path, metavar="DIR",
-        help="run both servers under cProfile, write DIR/{ours,bare}.prof and print the top "
-        "functions (slows the servers down: figures are then not comparable)",
-    )
+    add_profile_option(parser)
     args = parser.parse_args()
     for name in ("messages", "serial", "rounds", "warmup"):
         if getattr(args, name) < 1 or getattr(args, name) > 100_000:
@@ -362,9 +364,14 @@ def main() -> int:
         args.profile.mkdir(parents=True, exist_ok=True)
     results = Results(
         params={
-            "messages": args.messages, "serial": args.serial, "rounds": args.rounds,
-            "warmup": args.warmup, "transport": "websocket", "host": "127.0.0.1",
-            "rate_limit_override": RATE_LIMIT_OVERRIDE, "profiled": bool(args.profile),
+            "messages": args.messages,
+            "serial": args.serial,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "transport": "websocket",
+            "host": "127.0.0.1",
+            "rate_limit_override": RATE_LIMIT_OVERRIDE,
+            "profiled": bool(args.profile),
         }
     )
     with Workspace("telemed-bench-relay-") as work:
@@ -372,7 +379,9 @@ def main() -> int:
         work.telemed("db", "upgrade")
         demo = work.telemed_demo(port)
         ours = work.start_telemed(
-            port, "ours", profile=args.profile / "ours.prof" if args.profile else None,
+            port,
+            "ours",
+            profile=args.profile / "ours.prof" if args.profile else None,
             **RATE_LIMIT_OVERRIDE,
         )
         bare = work.start_bare("bare", profile=args.profile / "bare.prof" if args.profile else None)

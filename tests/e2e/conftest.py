@@ -8,22 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.conftest import CHROMIUM, unavailable
-
-CHROMIUM_ARGS = [
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    # Both "computers" are this machine: let WebRTC use loopback candidates.
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-]
+from tests.conftest import unavailable
+from tests.e2e.chromium import CHROMIUM, CHROMIUM_ARGS
 
 
 @pytest.fixture
