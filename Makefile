@@ -9,13 +9,13 @@ run: install
 	$(BIN)/telemed db upgrade
 	$(BIN)/telemed serve --demo
 
-test: install-test browser
-	$(BIN)/lint-imports
+test: lint browser
 	$(BIN)/pytest
 
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 install: $(VENV)/.installed node_modules/.installed
 

@@ -94,6 +94,8 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 wanted if isinstance(wanted, str) else None,
             )
         except TicketRejected as exc:
+            # Operators need the reason (e.g. links issued for another public URL).
+            log.info("connection refused: %s: %s", exc.code, exc.message)
             raise socketio.exceptions.ConnectionRefusedError(
                 exc.message, {"code": exc.code}
             ) from None

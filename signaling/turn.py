@@ -16,7 +16,9 @@ from typing import Any
 from signaling.settings import IceSettings
 
 
-def turn_credentials(secret: str, user: str, ttl_seconds: int, now: float | None = None) -> tuple[str, str]:
+def turn_credentials(
+    secret: str, user: str, ttl_seconds: int, now: float | None = None
+) -> tuple[str, str]:
     """Return (username, credential) valid for ``ttl_seconds`` from ``now``."""
     expiry = int((time.time() if now is None else now) + ttl_seconds)
     username = f"{expiry}:{user}"

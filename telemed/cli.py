@@ -60,8 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (TELEMED_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (TELEMED_PORT)")
     serve.add_argument(
-        "--demo", action="store_true",
-        help="seed the demo clinic if the database is empty and print a doctor's and a patient's link",
+        "--demo",
+        action="store_true",
+        help="seed the demo clinic if the database is empty "
+        "and print a doctor's and a patient's link",
     )
     serve.set_defaults(handler=_serve)
 
@@ -102,10 +104,7 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
     print(f"telemed is serving on http://{settings.host}:{settings.port}", flush=True)
     if args.demo:
-        links = await demo_consultation(
-            services.sessions, services.consultations, services.accounts,
-            settings.effective_public_url, fresh=False,
-        )
+        links = await demo_consultation(services, fresh=False)
         print(_for_people(links), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -121,14 +120,12 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     services = await _ready_services(settings)
     try:
-        links = await demo_consultation(
-            services.sessions, services.consultations, services.accounts,
-            settings.effective_public_url, fresh=True,
-        )
+        links = await demo_consultation(services, fresh=True)
     finally:
         await services.engine.dispose()
     fields = {
-        key: value for key, value in links.as_dict().items()
+        key: value
+        for key, value in links.as_dict().items()
         if key not in ("doctor_username", "doctor_password")
     }
     print(json.dumps(fields, ensure_ascii=False) if args.json else _for_people(links))

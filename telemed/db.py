@@ -87,6 +87,7 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
 
 async def pending_migrations(engine: AsyncEngine) -> bool:
     """True when the database is not at the newest migration (or has none at all)."""
+
     def check(connection: Connection) -> bool:
         heads = set(ScriptDirectory.from_config(_alembic_config(connection)).get_heads())
         current = set(MigrationContext.configure(connection).get_current_heads())

@@ -10,12 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from telemed.consultations.models import Appointment, Clinic, Consultation, Patient, Practitioner
-from telemed.consultations.service import ConsultationService, utcnow
+from telemed.consultations.service import utcnow
 from telemed.consultations.state import ConsultationState
 from telemed.consultations.store import new_id
-from telemed.identity.accounts import AccountService
 from telemed.identity.models import UserAccount
 from telemed.identity.passwords import hash_password
+from telemed.services import Services
 
 DEMO_DOCTOR_USERNAME = "doctor"
 DEMO_PATIENT_USERNAME = "patient"
@@ -49,7 +49,9 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession]) -> bool:
         now = utcnow()
         clinic = Clinic(id=new_id(), name="Демо-клиника «Телемед»", created_at=now)
         doctor = Practitioner(
-            id=new_id(), clinic_id=clinic.id, display_name="Анна Сергеевна Иванова",
+            id=new_id(),
+            clinic_id=clinic.id,
+            display_name="Анна Сергеевна Иванова",
             specialty="терапевт",
         )
         patient = Patient(id=new_id(), clinic_id=clinic.id, display_name="Пётр Петрович Смирнов")
@@ -60,14 +62,24 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession]) -> bool:
         session.add_all(
             [
                 UserAccount(
-                    id=new_id(), username=DEMO_DOCTOR_USERNAME, password_hash=hash_password(DEMO_PASSWORD),
-                    role="doctor", display_name=doctor.display_name, clinic_id=clinic.id,
-                    practitioner_id=doctor.id, created_at=now,
+                    id=new_id(),
+                    username=DEMO_DOCTOR_USERNAME,
+                    password_hash=hash_password(DEMO_PASSWORD),
+                    role="doctor",
+                    display_name=doctor.display_name,
+                    clinic_id=clinic.id,
+                    practitioner_id=doctor.id,
+                    created_at=now,
                 ),
                 UserAccount(
-                    id=new_id(), username=DEMO_PATIENT_USERNAME, password_hash=hash_password(DEMO_PASSWORD),
-                    role="patient", display_name=patient.display_name, clinic_id=clinic.id,
-                    patient_id=patient.id, created_at=now,
+                    id=new_id(),
+                    username=DEMO_PATIENT_USERNAME,
+                    password_hash=hash_password(DEMO_PASSWORD),
+                    role="patient",
+                    display_name=patient.display_name,
+                    clinic_id=clinic.id,
+                    patient_id=patient.id,
+                    created_at=now,
                 ),
                 _appointment_now(clinic.id, doctor.id, patient.id),
             ]
@@ -75,16 +87,11 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession]) -> bool:
         return True
 
 
-async def demo_consultation(
-    sessions: async_sessionmaker[AsyncSession],
-    consultations: ConsultationService,
-    accounts: AccountService,
-    public_url: str,
-    *,
-    fresh: bool,
-) -> DemoConsultation:
+async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultation:
     """Links for a demo consultation: a new appointment now when ``fresh``, otherwise the
     newest demo appointment that is not over yet (or a new one if there is none)."""
+    sessions, consultations, accounts = services.sessions, services.consultations, services.accounts
+    public_url = services.settings.effective_public_url
     await seed_if_empty(sessions)
     doctor_account = await accounts.account(DEMO_DOCTOR_USERNAME)
     patient_account = await accounts.account(DEMO_PATIENT_USERNAME)
@@ -94,7 +101,8 @@ async def demo_consultation(
     if appointment_id is None:
         async with sessions.begin() as session:
             appointment = _appointment_now(
-                doctor_account.clinic_id, doctor_account.practitioner_id,
+                doctor_account.clinic_id,
+                doctor_account.practitioner_id,
                 patient_account.patient_id or "",
             )
             session.add(appointment)
@@ -142,6 +150,10 @@ async def _open_demo_appointment(
 def _appointment_now(clinic_id: str, practitioner_id: str, patient_id: str) -> Appointment:
     starts = utcnow().replace(second=0, microsecond=0)
     return Appointment(
-        id=new_id(), clinic_id=clinic_id, practitioner_id=practitioner_id, patient_id=patient_id,
-        starts_at=starts, ends_at=starts + APPOINTMENT_LENGTH,
+        id=new_id(),
+        clinic_id=clinic_id,
+        practitioner_id=practitioner_id,
+        patient_id=patient_id,
+        starts_at=starts,
+        ends_at=starts + APPOINTMENT_LENGTH,
     )

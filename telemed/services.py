@@ -48,7 +48,11 @@ def build_services(settings: Settings) -> Services:
         ticket_ttl_seconds=settings.join_ticket_ttl_seconds,
     )
     consultations = ConsultationService(sessions, tokens, settings.reconnect_grace_seconds)
-    manager = socketio.AsyncRedisManager(settings.redis_url) if settings.redis_url else None
+    manager = (
+        socketio.AsyncRedisManager(settings.redis_url, channel=settings.redis_channel)
+        if settings.redis_url
+        else None
+    )
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
         client_manager=manager,

@@ -39,20 +39,32 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Address `telemed serve` listens on.")
     port: int = Field(default=8080, ge=1, le=65535, description="Port `telemed serve` listens on.")
     public_url: str | None = Field(
-        default=None, description="Base of every link the service prints; http://HOST:PORT when unset."
+        default=None,
+        description="Base of every link the service prints; http://HOST:PORT when unset.",
     )
     redis_url: str | None = Field(
-        default=None, description="Redis for Socket.IO fan-out across several nodes; in-process when unset."
+        default=None,
+        description="Redis for Socket.IO fan-out across several nodes; in-process when unset.",
+    )
+    redis_channel: str = Field(
+        default="telemed",
+        min_length=1,
+        description="Redis pub/sub channel of the Socket.IO fan-out; "
+        "deployments sharing one Redis use one channel each.",
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
 
-    access_token_ttl_seconds: int = Field(default=3600, ge=60, description="Lifetime of access tokens.")
+    access_token_ttl_seconds: int = Field(
+        default=3600, ge=60, description="Lifetime of access tokens."
+    )
     join_ticket_ttl_seconds: int = Field(
         default=7200, ge=60, description="Lifetime of a join ticket (the link a participant opens)."
     )
 
     reconnect_grace_seconds: int = Field(
-        default=60, ge=0, description="A dropped participant who returns within this keeps their place."
+        default=60,
+        ge=0,
+        description="A dropped participant who returns within this keeps their place.",
     )
     signaling_rate_per_second: float = Field(
         default=30.0, gt=0, description="Sustained Socket.IO messages per second per connection."
@@ -128,9 +140,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _turn_secret_once(self) -> Settings:
         if self.turn_secret and self.turn_secret_path:
-            raise ValueError(
-                "set TELEMED_TURN_SECRET or TELEMED_TURN_SECRET_PATH, not both"
-            )
+            raise ValueError("set TELEMED_TURN_SECRET or TELEMED_TURN_SECRET_PATH, not both")
         if self.turn_urls and not (self.turn_secret or self.turn_secret_path):
             raise ValueError(
                 "TELEMED_TURN_URLS needs TELEMED_TURN_SECRET or TELEMED_TURN_SECRET_PATH"
@@ -193,6 +203,11 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
-        rows.append((ENV_PREFIX + name.upper(), "" if default in (None, []) else str(default),
-                     field.description or ""))
+        rows.append(
+            (
+                ENV_PREFIX + name.upper(),
+                "" if default in (None, []) else str(default),
+                field.description or "",
+            )
+        )
     return rows

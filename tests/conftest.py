@@ -4,6 +4,7 @@ Socket.IO peers. With CI=true a missing PostgreSQL, Redis or Chromium fails the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -27,7 +28,6 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "TELEMED_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("TELEMED_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-CHROMIUM = os.environ.get("TELEMED_TEST_CHROMIUM", "/usr/bin/chromium")
 
 
 def unavailable(what: str) -> None:
@@ -144,24 +144,25 @@ class RunningApp:
     services: Services
 
     async def demo(self) -> DemoConsultation:
-        return await demo_consultation(
-            self.services.sessions,
-            self.services.consultations,
-            self.services.accounts,
-            self.url,
-            fresh=True,
-        )
+        return await demo_consultation(self.services, fresh=True)
 
 
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[RunningApp]:
-    """The real application, served on a free loopback port."""
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[RunningApp]:
+    """The real application on ``settings.host:settings.port`` until the block ends."""
     services = build_services(settings)
     runner = web.AppRunner(create_app(settings, services), shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     try:
-        yield RunningApp(settings.effective_public_url, settings, services)
+        yield RunningApp(f"http://{settings.host}:{settings.port}", settings, services)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[RunningApp]:
+    """The real application, served on a free loopback port."""
+    async with serving(settings) as running:
+        yield running

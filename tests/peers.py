@@ -46,7 +46,10 @@ class Peer:
             auth["consultation_id"] = consultation_id
         try:
             await self.client.connect(
-                self.url, namespaces=[NAMESPACE], auth=auth, transports=["websocket"],
+                self.url,
+                namespaces=[NAMESPACE],
+                auth=auth,
+                transports=["websocket"],
                 wait_timeout=5,
             )
         except socketio.exceptions.ConnectionError:

@@ -17,7 +17,9 @@ def test_every_telemed_variable_in_compose_is_a_known_setting() -> None:
     used: set[str] = set()
     for service in compose["services"].values():
         environment = service.get("environment", {})
-        names = environment if isinstance(environment, dict) else [e.split("=")[0] for e in environment]
+        names = (
+            environment if isinstance(environment, dict) else [e.split("=")[0] for e in environment]
+        )
         used.update(name for name in names if name.startswith(ENV_PREFIX))
     assert used, "the app service should be configured through TELEMED_* variables"
     assert used - known == set()

@@ -62,7 +62,9 @@ class AppointmentView:
             "patient_name": self.patient_name,
             "starts_at": self.starts_at.isoformat(),
             "ends_at": self.ends_at.isoformat(),
-            "consultation_state": self.consultation_state.value if self.consultation_state else None,
+            "consultation_state": self.consultation_state.value
+            if self.consultation_state
+            else None,
         }
 
 
@@ -212,7 +214,9 @@ class ConsultationService:
         try:
             claims = self._tokens.verify_ticket(ticket)
         except TokenError as exc:
-            raise TicketRejected(_TICKET_CODES.get(exc.code, "ticket_invalid"), exc.message) from None
+            raise TicketRejected(
+                _TICKET_CODES.get(exc.code, "ticket_invalid"), exc.message
+            ) from None
         if consultation_id is not None and consultation_id != claims.consultation_id:
             raise TicketRejected("wrong_consultation", "this link is for another consultation")
         async with self._sessions() as session:
@@ -250,7 +254,9 @@ class ConsultationService:
                 )
             ):
                 reconnected = True
-                self._store.record(session, consultation.id, EventKind.RECONNECTED, now, participant.id)
+                self._store.record(
+                    session, consultation.id, EventKind.RECONNECTED, now, participant.id
+                )
             else:
                 participant.admitted = False
                 participant.waiting_since = now
@@ -262,7 +268,9 @@ class ConsultationService:
                 participant.admitted = True
                 if state is ConsultationState.SCHEDULED:
                     await self._move(session, consultation, ConsultationState.WAITING, now)
-                    self._store.record(session, consultation.id, EventKind.STARTED, now, participant.id)
+                    self._store.record(
+                        session, consultation.id, EventKind.STARTED, now, participant.id
+                    )
             if not participant.admitted:
                 return JoinResult(status="lobby", consultation_state=consultation.state)
             others = await self._store.participants(session, consultation.id)
@@ -303,7 +311,11 @@ class ConsultationService:
             participant.admitted = True
             participant.waiting_since = None
             self._store.record(
-                session, consultation.id, EventKind.ADMITTED, now, participant.id,
+                session,
+                consultation.id,
+                EventKind.ADMITTED,
+                now,
+                participant.id,
                 data={"by": by.participant_id},
             )
             if state is ConsultationState.SCHEDULED:
@@ -317,7 +329,9 @@ class ConsultationService:
             row = await session.execute(
                 select(Participant.admitted, Consultation.state)
                 .join(Consultation, Consultation.id == Participant.consultation_id)
-                .where(Participant.id == participant_id, Participant.consultation_id == consultation_id)
+                .where(
+                    Participant.id == participant_id, Participant.consultation_id == consultation_id
+                )
             )
             found = row.first()
         return found is not None and found[0] and not ConsultationState(found[1]).is_over
@@ -334,7 +348,11 @@ class ConsultationService:
             consultation = await self._consultation(session, member.consultation_id)
             if was_online and not ConsultationState(consultation.state).is_over:
                 self._store.record(
-                    session, consultation.id, EventKind.LEFT, now, participant.id,
+                    session,
+                    consultation.id,
+                    EventKind.LEFT,
+                    now,
+                    participant.id,
                     data={"reason": "connection_lost"},
                 )
             return was_online
@@ -350,7 +368,11 @@ class ConsultationService:
             participant.instance = None
             participant.disconnected_at = now
             self._store.record(
-                session, member.consultation_id, EventKind.LEFT, now, participant.id,
+                session,
+                member.consultation_id,
+                EventKind.LEFT,
+                now,
+                participant.id,
                 data={"reason": "hangup"},
             )
 
@@ -360,8 +382,12 @@ class ConsultationService:
             if ConsultationState(consultation.state).is_over:
                 raise SignalingError("consultation_over", "the consultation has ended")
             event = self._store.record(
-                session, consultation.id, EventKind.CHAT_MESSAGE, self._clock(),
-                member.participant_id, text=text,
+                session,
+                consultation.id,
+                EventKind.CHAT_MESSAGE,
+                self._clock(),
+                member.participant_id,
+                text=text,
             )
             await session.flush()
             return ChatEntry(
@@ -383,10 +409,14 @@ class ConsultationService:
             now = self._clock()
             if state is ConsultationState.IN_PROGRESS:
                 await self._move(session, consultation, ConsultationState.FINISHED, now)
-                self._store.record(session, consultation.id, EventKind.ENDED, now, by.participant_id)
+                self._store.record(
+                    session, consultation.id, EventKind.ENDED, now, by.participant_id
+                )
             else:
                 await self._move(session, consultation, ConsultationState.CANCELLED, now)
-                self._store.record(session, consultation.id, EventKind.CANCELLED, now, by.participant_id)
+                self._store.record(
+                    session, consultation.id, EventKind.CANCELLED, now, by.participant_id
+                )
             for participant in await self._store.participants(session, consultation.id):
                 participant.online = False
                 participant.admitted = False
@@ -414,14 +444,20 @@ class ConsultationService:
         return participant
 
     async def _move(
-        self, session: AsyncSession, consultation: Consultation, target: ConsultationState, now: datetime
+        self,
+        session: AsyncSession,
+        consultation: Consultation,
+        target: ConsultationState,
+        now: datetime,
     ) -> None:
         try:
             await self._store.transition(session, consultation, target, now)
         except IllegalTransition as exc:
             raise Conflict(str(exc), code="illegal-transition") from None
         except StaleState:
-            raise Conflict("the consultation changed meanwhile, try again", code="stale-state") from None
+            raise Conflict(
+                "the consultation changed meanwhile, try again", code="stale-state"
+            ) from None
 
     @staticmethod
     @asynccontextmanager

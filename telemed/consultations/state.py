@@ -19,9 +19,13 @@ class ConsultationState(StrEnum):
 
 TRANSITIONS: dict[ConsultationState, frozenset[ConsultationState]] = {
     # The doctor opens the consultation; the patient waits to be admitted.
-    ConsultationState.SCHEDULED: frozenset({ConsultationState.WAITING, ConsultationState.CANCELLED}),
+    ConsultationState.SCHEDULED: frozenset(
+        {ConsultationState.WAITING, ConsultationState.CANCELLED}
+    ),
     # The doctor admits the patient; or gives up before anyone was seen.
-    ConsultationState.WAITING: frozenset({ConsultationState.IN_PROGRESS, ConsultationState.CANCELLED}),
+    ConsultationState.WAITING: frozenset(
+        {ConsultationState.IN_PROGRESS, ConsultationState.CANCELLED}
+    ),
     ConsultationState.IN_PROGRESS: frozenset({ConsultationState.FINISHED}),
     ConsultationState.FINISHED: frozenset(),
     ConsultationState.CANCELLED: frozenset(),

@@ -31,13 +31,17 @@ class StaleState(Exception):
 
 
 class ConsultationStore:
-    async def consultation(self, session: AsyncSession, consultation_id: str) -> Consultation | None:
+    async def consultation(
+        self, session: AsyncSession, consultation_id: str
+    ) -> Consultation | None:
         return await session.get(Consultation, consultation_id)
 
     async def participant(self, session: AsyncSession, participant_id: str) -> Participant | None:
         return await session.get(Participant, participant_id)
 
-    async def participants(self, session: AsyncSession, consultation_id: str) -> Sequence[Participant]:
+    async def participants(
+        self, session: AsyncSession, consultation_id: str
+    ) -> Sequence[Participant]:
         result = await session.scalars(
             select(Participant)
             .where(Participant.consultation_id == consultation_id)
@@ -58,7 +62,11 @@ class ConsultationStore:
         return result.all()
 
     async def transition(
-        self, session: AsyncSession, consultation: Consultation, target: ConsultationState, now: datetime
+        self,
+        session: AsyncSession,
+        consultation: Consultation,
+        target: ConsultationState,
+        now: datetime,
     ) -> None:
         """Compare-and-set on the version: two nodes cannot both make the same move."""
         check_transition(ConsultationState(consultation.state), target)
@@ -99,7 +107,9 @@ class ConsultationStore:
         session.add(event)
         return event
 
-    async def timeline(self, session: AsyncSession, consultation_id: str) -> Sequence[ConsultationEvent]:
+    async def timeline(
+        self, session: AsyncSession, consultation_id: str
+    ) -> Sequence[ConsultationEvent]:
         result = await session.scalars(
             select(ConsultationEvent)
             .where(ConsultationEvent.consultation_id == consultation_id)

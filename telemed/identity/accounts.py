@@ -26,7 +26,10 @@ class LoginResult:
 
 class AccountService:
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], tokens: TokenService, access_ttl_seconds: int
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        tokens: TokenService,
+        access_ttl_seconds: int,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
@@ -34,7 +37,9 @@ class AccountService:
 
     async def login(self, username: str, password: str) -> LoginResult:
         async with self._sessions() as session:
-            account = await session.scalar(select(UserAccount).where(UserAccount.username == username))
+            account = await session.scalar(
+                select(UserAccount).where(UserAccount.username == username)
+            )
         if account is None:
             verify_password(_DUMMY_HASH, password)
             raise Unauthorized("wrong username or password", code="invalid-credentials")

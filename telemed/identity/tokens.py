@@ -107,7 +107,12 @@ class TokenService:
         )
 
     def issue_ticket(
-        self, *, consultation_id: str, participant_id: str, role: str, ttl_seconds: int | None = None
+        self,
+        *,
+        consultation_id: str,
+        participant_id: str,
+        role: str,
+        ttl_seconds: int | None = None,
     ) -> str:
         now = int(self._clock())
         claims = {"typ": "join", "sub": participant_id, "cid": consultation_id, "role": role}
@@ -161,6 +166,15 @@ class TokenService:
             )
         except jwt.ExpiredSignatureError:
             raise TokenError("token_expired", "token expired") from None
+        except jwt.InvalidIssuerError:
+            # Our key signed it, but for another public URL: almost always `telemed demo`
+            # run with a different TELEMED_PORT or TELEMED_PUBLIC_URL than the server.
+            issued_for = jwt.decode(token, options={"verify_signature": False}).get("iss")
+            raise TokenError(
+                "token_invalid",
+                f"token was issued for {issued_for!r} but this server is {self._issuer!r}; "
+                "issue links with the same TELEMED_PUBLIC_URL (or TELEMED_PORT) as the server",
+            ) from None
         except jwt.PyJWTError:
             raise TokenError("token_invalid", "token not valid") from None
         if claims.get("typ") != typ:

@@ -61,8 +61,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         code = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(
             exc.status, "http-error"
         )
-        problem = Problem(exc.reason, code=code, status=exc.status, title=exc.reason)
-        response = problem_response(problem, request.path)
+        refusal = Problem(exc.reason, code=code, status=exc.status, title=exc.reason)
+        response = problem_response(refusal, request.path)
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response

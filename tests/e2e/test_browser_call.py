@@ -48,9 +48,17 @@ async def test_a_doctor_admits_a_patient_they_talk_and_the_doctor_hangs_up(
     consultations = app.services.consultations
     assert await consultations.state(demo.consultation_id) is ConsultationState.FINISHED
     kinds = [event.kind for event in await consultations.timeline(demo.consultation_id)]
-    for kind in (EventKind.JOINED, EventKind.ADMITTED, EventKind.CHAT_MESSAGE,
-                 EventKind.LEFT, EventKind.RECONNECTED, EventKind.ENDED):
+    for kind in (
+        EventKind.JOINED,
+        EventKind.ADMITTED,
+        EventKind.CHAT_MESSAGE,
+        EventKind.LEFT,
+        EventKind.RECONNECTED,
+        EventKind.ENDED,
+    ):
         assert kind in kinds, kind
-    assert kinds.index(EventKind.ADMITTED) < kinds.index(EventKind.RECONNECTED) < kinds.index(
-        EventKind.ENDED
+    assert (
+        kinds.index(EventKind.ADMITTED)
+        < kinds.index(EventKind.RECONNECTED)
+        < kinds.index(EventKind.ENDED)
     )

@@ -15,13 +15,26 @@ import pytest
 
 from tests.conftest import free_port
 
-DEMO_KEYS = {"consultation_id", "doctor_url", "patient_url", "doctor_token", "patient_token", "patient_id"}
+DEMO_KEYS = {
+    "consultation_id",
+    "doctor_url",
+    "patient_url",
+    "doctor_token",
+    "patient_token",
+    "patient_id",
+}
 
 
-def telemed(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def telemed(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "telemed", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, check=False,
+        [sys.executable, "-m", "telemed", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -37,8 +50,11 @@ def env(tmp_path: Path) -> dict[str, str]:
 def serving(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     assert telemed(env, "db", "upgrade").returncode == 0
     server = subprocess.Popen(
-        [sys.executable, "-m", "telemed", "serve", "--demo"], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-m", "telemed", "serve", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{env['TELEMED_PORT']}/readyz"
     deadline = time.monotonic() + 30
@@ -50,7 +66,9 @@ def serving(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                pytest.fail(f"telemed serve did not start: {server.stdout.read() if server.stdout else ''}")
+                pytest.fail(
+                    f"telemed serve did not start: {server.stdout.read() if server.stdout else ''}"
+                )
             time.sleep(0.2)
     yield server
     server.terminate()
@@ -68,7 +86,9 @@ def test_demo_json_works_while_serve_runs_on_the_same_data_dir(
     assert one["consultation_id"] != two["consultation_id"]
     assert one["patient_id"] == two["patient_id"]
     base = f"http://127.0.0.1:{env['TELEMED_PORT']}"
-    assert one["patient_url"] == f"{base}/join/{one['consultation_id']}#ticket={one['patient_token']}"
+    assert (
+        one["patient_url"] == f"{base}/join/{one['consultation_id']}#ticket={one['patient_token']}"
+    )
     assert one["doctor_url"].startswith(f"{base}/doctor")
     with urllib.request.urlopen(one["doctor_url"].split("#")[0], timeout=5) as page:
         assert page.status == 200
@@ -77,8 +97,11 @@ def test_demo_json_works_while_serve_runs_on_the_same_data_dir(
 def test_serve_demo_prints_the_doctors_and_the_patients_links(env: dict[str, str]) -> None:
     assert telemed(env, "db", "upgrade").returncode == 0
     server = subprocess.Popen(
-        [sys.executable, "-m", "telemed", "serve", "--demo"], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [sys.executable, "-m", "telemed", "serve", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -88,7 +111,8 @@ def test_serve_demo_prints_the_doctors_and_the_patients_links(env: dict[str, str
             lines.append(server.stdout.readline())
         text = "".join(lines)
         assert f"http://127.0.0.1:{env['TELEMED_PORT']}/doctor" in text
-        assert "/join/" in text and "#ticket=" in text
+        assert "/join/" in text
+        assert "#ticket=" in text
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -98,16 +122,19 @@ def test_demo_without_json_prints_for_a_person(env: dict[str, str]) -> None:
     assert telemed(env, "db", "upgrade").returncode == 0
     result = telemed(env, "demo")
     assert result.returncode == 0
-    assert "Врач / doctor:" in result.stdout and "Пациент / patient:" in result.stdout
+    assert "Врач / doctor:" in result.stdout
+    assert "Пациент / patient:" in result.stdout
 
 
 def test_a_bad_setting_is_named_and_exits_non_zero(env: dict[str, str]) -> None:
     result = telemed({**env, "TELEMED_PORT": "not-a-port"}, "demo", "--json")
     assert result.returncode == 2
-    assert "TELEMED_PORT" in result.stderr and "Traceback" not in result.stderr
+    assert "TELEMED_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_serving_an_unmigrated_database_says_what_to_do(env: dict[str, str]) -> None:
     result = telemed(env, "demo", "--json")
     assert result.returncode == 1
-    assert "telemed db upgrade" in result.stderr and "Traceback" not in result.stderr
+    assert "telemed db upgrade" in result.stderr
+    assert "Traceback" not in result.stderr

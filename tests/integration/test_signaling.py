@@ -70,8 +70,10 @@ async def test_a_ticket_signed_by_another_key_is_refused(
     demo = await app.demo()
     member = await app.services.consultations.authenticate(demo.patient_token, None)
     forger = TokenService(
-        KeyRing.load_or_create(tmp_path / "forger"), app.url,
-        access_ttl_seconds=600, ticket_ttl_seconds=600,
+        KeyRing.load_or_create(tmp_path / "forger"),
+        app.url,
+        access_ttl_seconds=600,
+        ticket_ttl_seconds=600,
     )
     forged = forger.issue_ticket(
         consultation_id=demo.consultation_id, participant_id=member.participant_id, role="doctor"
@@ -85,8 +87,10 @@ async def test_an_expired_ticket_is_refused(app: RunningApp, peers: Callable[[],
     demo = await app.demo()
     member = await app.services.consultations.authenticate(demo.patient_token, None)
     expired = app.services.tokens.issue_ticket(
-        consultation_id=demo.consultation_id, participant_id=member.participant_id,
-        role="patient", ttl_seconds=-60,
+        consultation_id=demo.consultation_id,
+        participant_id=member.participant_id,
+        role="patient",
+        ttl_seconds=-60,
     )
     with pytest.raises(Refused) as refused:
         await peers().connect(expired)
@@ -121,7 +125,8 @@ async def test_the_doctor_sees_the_waiting_patient_and_admits_them(
     doctor, patient = peers(), peers()
     await doctor.connect(demo.doctor_token)
     welcome = await doctor.join("doc")
-    assert welcome["ok"] and welcome["waiting"] == []
+    assert welcome["ok"]
+    assert welcome["waiting"] == []
     await doctor.next("lobby")  # the doctor's own join publishes the (empty) lobby
 
     await patient.connect(demo.patient_token, demo.consultation_id)
@@ -138,8 +143,12 @@ async def test_the_doctor_sees_the_waiting_patient_and_admits_them(
     assert in_call_ack["status"] == "admitted"
     assert [peer["role"] for peer in in_call_ack["peers"]] == ["doctor"]
     ready = await doctor.next("peer_ready")
-    assert ready["role"] == "patient" and ready["instance"] == "pat"
-    assert await app.services.consultations.state(demo.consultation_id) is ConsultationState.IN_PROGRESS
+    assert ready["role"] == "patient"
+    assert ready["instance"] == "pat"
+    assert (
+        await app.services.consultations.state(demo.consultation_id)
+        is ConsultationState.IN_PROGRESS
+    )
 
 
 async def test_a_patient_cannot_admit_or_end(app: RunningApp, peers: Callable[[], Peer]) -> None:
@@ -151,7 +160,9 @@ async def test_a_patient_cannot_admit_or_end(app: RunningApp, peers: Callable[[]
     assert refused == {"ok": False, "code": "forbidden", "message": refused["message"]}
     assert (await patient.next("error"))["code"] == "forbidden"
     assert (await patient.call("end", {}))["code"] == "forbidden"
-    assert await app.services.consultations.state(demo.consultation_id) is ConsultationState.SCHEDULED
+    assert (
+        await app.services.consultations.state(demo.consultation_id) is ConsultationState.SCHEDULED
+    )
 
 
 async def test_a_patient_in_the_lobby_cannot_signal_or_chat(
@@ -164,7 +175,9 @@ async def test_a_patient_in_the_lobby_cannot_signal_or_chat(
     await patient.connect(demo.patient_token)
     await patient.join("pat")
 
-    sent = await patient.call("signal", {"to": doctor_welcome["participant_id"], "description": OFFER})
+    sent = await patient.call(
+        "signal", {"to": doctor_welcome["participant_id"], "description": OFFER}
+    )
     assert sent["code"] == "not_admitted"
     assert (await patient.call("chat", {"text": "hello?"}))["code"] == "not_admitted"
     assert await doctor.nothing("signal")
@@ -194,8 +207,11 @@ async def test_offer_answer_and_candidates_are_relayed_between_admitted_members(
 
     await patient.call("signal", {"to": doctor_pid, "description": ANSWER})
     assert (await doctor.next("signal"))["description"] == ANSWER
-    candidate = {"candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
-                 "sdpMid": "0", "sdpMLineIndex": 0}
+    candidate = {
+        "candidate": "candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host",
+        "sdpMid": "0",
+        "sdpMLineIndex": 0,
+    }
     await patient.call("signal", {"to": doctor_pid, "candidate": candidate})
     assert (await doctor.next("signal"))["candidate"]["candidate"] == candidate["candidate"]
 
@@ -203,8 +219,8 @@ async def test_offer_answer_and_candidates_are_relayed_between_admitted_members(
 async def test_relay_never_crosses_consultations(
     app: RunningApp, peers: Callable[[], Peer]
 ) -> None:
-    demo_a, doctor_a, patient_a = await in_call(app, peers)
-    demo_b, doctor_b, patient_b = await in_call(app, peers)
+    _demo_a, doctor_a, _patient_a = await in_call(app, peers)
+    demo_b, _doctor_b, patient_b = await in_call(app, peers)
     patient_b_pid = await patient_id(app, demo_b)
 
     refused = await doctor_a.call("signal", {"to": patient_b_pid, "description": OFFER})
@@ -218,12 +234,22 @@ async def test_relay_never_crosses_consultations(
 @pytest.mark.parametrize(
     ("event", "payload", "code"),
     [
-        ("signal", {"to": "x", "description": {"type": "offer", "sdp": "v=0" + "a" * 200_000}},
-         "invalid_message"),
+        (
+            "signal",
+            {"to": "x", "description": {"type": "offer", "sdp": "v=0" + "a" * 200_000}},
+            "invalid_message",
+        ),
         ("signal", {"to": "x"}, "invalid_message"),
-        ("signal", {"to": "x", "description": OFFER, "candidate": {"candidate": ""}},
-         "invalid_message"),
-        ("signal", {"to": "x", "description": {"type": "pranswer", "sdp": "v=0"}}, "invalid_message"),
+        (
+            "signal",
+            {"to": "x", "description": OFFER, "candidate": {"candidate": ""}},
+            "invalid_message",
+        ),
+        (
+            "signal",
+            {"to": "x", "description": {"type": "pranswer", "sdp": "v=0"}},
+            "invalid_message",
+        ),
         ("signal", "not an object", "invalid_message"),
         ("signal", {"to": "../../etc", "description": OFFER}, "invalid_message"),
         ("chat", {"text": "x" * 5000}, "invalid_message"),
@@ -236,11 +262,13 @@ async def test_relay_never_crosses_consultations(
 async def test_oversized_and_malformed_messages_get_an_error_and_the_connection_survives(
     app: RunningApp, peers: Callable[[], Peer], event: str, payload: Any, code: str
 ) -> None:
-    demo, doctor, patient = await in_call(app, peers)
+    _demo, doctor, patient = await in_call(app, peers)
     reply = await doctor.call(event, payload)
-    assert reply["ok"] is False and reply["code"] == code
+    assert reply["ok"] is False
+    assert reply["code"] == code
     error = await doctor.next("error")
-    assert error["code"] == code and error["event"] == event
+    assert error["code"] == code
+    assert error["event"] == event
     # The same connection keeps working.
     assert (await doctor.call("chat", {"text": "still here"}))["ok"]
     assert (await patient.next("chat"))["text"] == "still here"
@@ -250,7 +278,7 @@ async def test_oversized_and_malformed_messages_get_an_error_and_the_connection_
 async def test_a_flooding_connection_is_rate_limited_and_survives(
     app: RunningApp, peers: Callable[[], Peer]
 ) -> None:
-    demo, doctor, patient = await in_call(app, peers)
+    _demo, doctor, _patient = await in_call(app, peers)
     replies = [await doctor.call("chat", {"text": f"m{i}"}) for i in range(10)]
     assert any(reply.get("code") == "rate_limited" for reply in replies)
     assert (await doctor.next("error"))["code"] in {"rate_limited"}
@@ -272,9 +300,11 @@ async def test_a_participant_who_returns_within_the_grace_period_keeps_their_pla
     again = peers()
     await again.connect(demo.patient_token)
     ack = await again.join("pat-reloaded")
-    assert ack["status"] == "admitted" and ack["reconnected"] is True
+    assert ack["status"] == "admitted"
+    assert ack["reconnected"] is True
     ready = await doctor.next("peer_ready")
-    assert ready["instance"] == "pat-reloaded" and ready["reconnected"] is True
+    assert ready["instance"] == "pat-reloaded"
+    assert ready["reconnected"] is True
     kinds = [e.kind for e in await app.services.consultations.timeline(demo.consultation_id)]
     assert kinds[-2:] == [EventKind.LEFT, EventKind.RECONNECTED]
 
@@ -313,9 +343,12 @@ async def test_the_doctor_ends_the_consultation_for_everyone(
     demo, doctor, patient = await in_call(app, peers)
     assert (await doctor.call("end", {}))["ok"]
     assert (await patient.next("ended"))["reason"] == "ended_by_doctor"
-    assert await app.services.consultations.state(demo.consultation_id) is ConsultationState.FINISHED
+    assert (
+        await app.services.consultations.state(demo.consultation_id) is ConsultationState.FINISHED
+    )
     kinds = [e.kind for e in await app.services.consultations.timeline(demo.consultation_id)]
-    assert kinds[0] is EventKind.CREATED and kinds[-1] is EventKind.ENDED
+    assert kinds[0] is EventKind.CREATED
+    assert kinds[-1] is EventKind.ENDED
     assert {EventKind.JOINED, EventKind.ADMITTED} <= set(kinds)
     # Nothing more happens in an ended consultation.
     assert (await patient.join("pat"))["status"] == "ended"

@@ -13,8 +13,11 @@ SDP = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"
 
 
 def test_a_description_or_a_candidate_is_a_valid_signal() -> None:
-    offer = SignalMessage.model_validate({"to": "p-1", "description": {"type": "offer", "sdp": SDP}})
-    assert offer.description is not None and offer.candidate is None
+    offer = SignalMessage.model_validate(
+        {"to": "p-1", "description": {"type": "offer", "sdp": SDP}}
+    )
+    assert offer.description is not None
+    assert offer.candidate is None
     candidate = SignalMessage.model_validate(
         {"to": "p-1", "candidate": {"candidate": "", "sdpMid": "0", "sdpMLineIndex": 0}}
     )

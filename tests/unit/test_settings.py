@@ -9,10 +9,15 @@ import pytest
 from telemed.settings import SettingsError, load_settings
 
 
-def test_defaults_keep_everything_under_the_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_defaults_keep_everything_under_the_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TELEMED_DATA_DIR", str(tmp_path))
     settings = load_settings()
-    assert settings.effective_database_url == f"sqlite+aiosqlite:///{tmp_path.resolve()}/telemed.sqlite3"
+    assert (
+        settings.effective_database_url
+        == f"sqlite+aiosqlite:///{tmp_path.resolve()}/telemed.sqlite3"
+    )
     assert settings.keys_dir == tmp_path / "keys"
     assert settings.effective_public_url == "http://127.0.0.1:8080"
     assert settings.signaling.ice.stun_urls == ()
@@ -48,7 +53,9 @@ def test_a_bad_value_is_reported_with_the_variable_name(
         load_settings()
 
 
-def test_turn_needs_exactly_one_secret_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_turn_needs_exactly_one_secret_source(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("TELEMED_TURN_URLS", "turn:turn.clinic.test:3478")
     with pytest.raises(SettingsError, match="TELEMED_TURN_SECRET"):
         load_settings()

@@ -35,10 +35,12 @@ def test_the_lifecycle_moves_are_allowed(current: S, target: S) -> None:
 def test_every_other_move_is_refused(current: S, target: S) -> None:
     with pytest.raises(IllegalTransition) as refused:
         check_transition(current, target)
-    assert refused.value.current is current and refused.value.target is target
+    assert refused.value.current is current
+    assert refused.value.target is target
 
 
 def test_finished_and_cancelled_are_final() -> None:
     assert TRANSITIONS[S.FINISHED] == frozenset() == TRANSITIONS[S.CANCELLED]
-    assert S.FINISHED.is_over and S.CANCELLED.is_over
+    assert S.FINISHED.is_over
+    assert S.CANCELLED.is_over
     assert not any(state.is_over for state in (S.SCHEDULED, S.WAITING, S.IN_PROGRESS))

@@ -33,7 +33,8 @@ def test_each_participant_gets_their_own_expiring_turn_credentials() -> None:
     first = ice_servers(settings, "a", now=100)
     second = ice_servers(settings, "b", now=100)
     assert first[0] == {"urls": ["stun:turn.clinic.test:3478"]}
-    assert first[1]["username"] == "160:a" and second[1]["username"] == "160:b"
+    assert first[1]["username"] == "160:a"
+    assert second[1]["username"] == "160:b"
     assert first[1]["credential"] != second[1]["credential"]
 
 
@@ -47,6 +48,7 @@ def test_the_bucket_allows_a_burst_then_the_sustained_rate() -> None:
     bucket = TokenBucket(rate=2, burst=3, clock=lambda: now[0])
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
     now[0] += 0.5
-    assert bucket.take() and not bucket.take()
+    assert bucket.take()
+    assert not bucket.take()
     now[0] += 100
     assert sum(bucket.take() for _ in range(10)) == 3
