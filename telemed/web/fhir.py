@@ -1,0 +1,119 @@
+"""The FHIR API under ``/fhir``: a thin aiohttp adapter over :class:`emr_bridge.router.FhirRouter`.
+
+The handler parses the HTTP request, verifies the bearer access token, asks the
+application's resolver for the card :class:`~emr_bridge.access.Accessor` of that user,
+calls the router and writes its answer back unchanged. Errors here are FHIR too
+(``OperationOutcome``, not problem+json): FHIR clients expect them.
+
+``GET /fhir/metadata`` needs no token; everything else does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from emr_bridge.access import Accessor
+from emr_bridge.outcomes import FhirError, Forbidden, Unauthorized
+from emr_bridge.router import FhirRequest, FhirResponse, FhirRouter, error_response
+from telemed.identity.tokens import AccessClaims, TokenError, TokenService
+
+FHIR_PREFIX = "/fhir"
+
+# Verified claims and the client's address -> the card accessor, or None when this user
+# has no access to the card at all.
+AccessorResolver = Callable[[AccessClaims, str | None], Awaitable[Accessor | None]]
+
+
+async def resolve_by_domain_ids(
+    claims: AccessClaims, client_address: str | None
+) -> Accessor | None:
+    """An :data:`AccessorResolver` for a card whose FHIR ids are the domain's ids: the
+    Patient of a patient account has the account's ``patient_id`` as its id, the
+    Practitioner of a doctor has its ``practitioner_id``, and a clinic's Organization has
+    the ``clinic_id`` (the bridge must write them so, with update-as-create).
+    Other roles get no access."""
+    if claims.role == "patient" and claims.patient_id:
+        return Accessor.patient(claims.user_id, claims.patient_id, client_address=client_address)
+    if claims.role == "doctor" and claims.practitioner_id and claims.clinic_id:
+        return Accessor.practitioner(
+            claims.user_id,
+            claims.practitioner_id,
+            claims.clinic_id,
+            client_address=client_address,
+            amr=claims.amr,
+        )
+    return None
+
+
+class FhirEndpoint:
+    """Serves ``router`` under ``prefix``. ``public_base_url`` (the service's public URL
+    plus the prefix) is what links and ``Location`` headers are built on; without it the
+    request's own scheme and host are used."""
+
+    def __init__(
+        self,
+        router: FhirRouter,
+        tokens: TokenService,
+        resolve: AccessorResolver,
+        *,
+        prefix: str = FHIR_PREFIX,
+        public_base_url: str | None = None,
+    ) -> None:
+        self._router = router
+        self._tokens = tokens
+        self._resolve = resolve
+        self._prefix = prefix.rstrip("/")
+        self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
+
+    def setup(self, app: web.Application) -> None:
+        app.router.add_route("*", self._prefix, self.handle)
+        app.router.add_route("*", self._prefix + "/{tail:.*}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            accessor = await self._accessor(request)
+        except FhirError as error:
+            return self._respond(error_response(error), challenge=isinstance(error, Unauthorized))
+        fhir_request = FhirRequest(
+            method=request.method,
+            path=request.match_info.get("tail", ""),
+            query=list(request.query.items()),
+            headers=dict(request.headers),
+            body=await request.read() if request.body_exists else b"",
+            accessor=accessor,
+            base_url=self._public_base_url or f"{request.scheme}://{request.host}{self._prefix}",
+        )
+        response = await self._router.handle(fhir_request)
+        return self._respond(response, challenge=response.status == 401)
+
+    async def _accessor(self, request: web.Request) -> Accessor | None:
+        header = request.headers.get("Authorization")
+        if header is None:
+            return None  # the router answers 401 for anything but metadata
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("send Authorization: Bearer <access token>")
+        try:
+            claims = self._tokens.verify_access(token.strip())
+        except TokenError as exc:
+            raise Unauthorized(exc.message) from None
+        accessor = await self._resolve(claims, request.remote)
+        if accessor is None:
+            raise Forbidden("this account has no access to patients' cards")
+        return accessor
+
+    @staticmethod
+    def _respond(response: FhirResponse, *, challenge: bool) -> web.Response:
+        headers = dict(response.headers)
+        if challenge:
+            headers["WWW-Authenticate"] = 'Bearer realm="fhir"'
+        content_type = headers.pop("Content-Type", "application/fhir+json; charset=utf-8")
+        return web.Response(
+            status=response.status,
+            body=response.body,
+            headers=headers,
+            content_type=content_type.split(";")[0],
+            charset="utf-8",
+        )
