@@ -4,10 +4,12 @@ consultation. It knows nothing of databases or tokens: the domain plugs in throu
 
 from signaling.gateway import (
     ChatEntry,
+    ConsentChoice,
     ConsultationGateway,
     JoinResult,
     Member,
     Peer,
+    RecordingState,
     Role,
     SignalingError,
     TicketRejected,
@@ -19,12 +21,14 @@ from signaling.turn import ice_servers, turn_credentials
 __all__ = [
     "NAMESPACE",
     "ChatEntry",
+    "ConsentChoice",
     "ConsultationGateway",
     "ConsultationNamespace",
     "IceSettings",
     "JoinResult",
     "Member",
     "Peer",
+    "RecordingState",
     "Role",
     "SignalingError",
     "SignalingSettings",

@@ -12,6 +12,7 @@ from typing import Literal, Protocol
 
 Role = Literal["doctor", "patient"]
 JoinStatus = Literal["lobby", "admitted", "ended"]
+ConsentChoice = Literal["accepted", "declined"]
 
 
 class SignalingError(Exception):
@@ -76,6 +77,24 @@ class ChatEntry:
 
 
 @dataclass(frozen=True)
+class RecordingState:
+    """Whether the consultation is being recorded, and each present participant's choice.
+
+    Recording runs only while every participant in the call has accepted; a participant's
+    own tracks are recorded only after their own acceptance."""
+
+    active: bool
+    # (participant_id, choice or None while undecided), for those in the call now.
+    consents: tuple[tuple[str, ConsentChoice | None], ...] = ()
+
+    def choice_of(self, participant_id: str) -> ConsentChoice | None:
+        return dict(self.consents).get(participant_id)
+
+    def as_dict(self) -> dict[str, object]:
+        return {"active": self.active, "consents": dict(self.consents)}
+
+
+@dataclass(frozen=True)
 class JoinResult:
     status: JoinStatus
     consultation_state: str
@@ -83,6 +102,7 @@ class JoinResult:
     # Other admitted participants who are online now.
     peers: tuple[Peer, ...] = ()
     chat: tuple[ChatEntry, ...] = field(default=())
+    recording: RecordingState = field(default=RecordingState(active=False))
 
 
 class ConsultationGateway(Protocol):
@@ -117,4 +137,12 @@ class ConsultationGateway(Protocol):
 
     async def end(self, by: Member) -> None:
         """End the consultation for everyone; only its doctor may."""
+        ...
+
+    async def consent(self, member: Member, accepted: bool, address: str | None) -> RecordingState:
+        """Record ``member``'s choice about recording (from ``address``); the new state."""
+        ...
+
+    async def recording(self, consultation_id: str) -> RecordingState:
+        """The recording state of the consultation now."""
         ...

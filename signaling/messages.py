@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    model_validator,
+)
 
 MAX_SDP_CHARS = 64 * 1024
 MAX_CANDIDATE_CHARS = 1024
@@ -72,6 +79,12 @@ class ChatMessage(Message):
     text: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHAT_CHARS)
     ]
+
+
+class ConsentMessage(Message):
+    """A participant accepts or declines (or withdraws) recording of the consultation."""
+
+    accepted: StrictBool
 
 
 class EmptyMessage(Message):

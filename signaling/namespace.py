@@ -1,4 +1,5 @@
-"""The ``/consultation`` Socket.IO namespace: lobby, admission, WebRTC relay, chat, end.
+"""The ``/consultation`` Socket.IO namespace: lobby, admission, WebRTC relay, chat,
+consent to recording, end.
 
 Rooms: ``c:<consultation>`` everyone connected to a consultation, ``c:<consultation>:staff``
 its doctors, ``c:<consultation>:admitted`` those in the call, ``p:<participant>`` every
@@ -16,10 +17,17 @@ from typing import Any
 import socketio
 from pydantic import BaseModel, ValidationError
 
-from signaling.gateway import ConsultationGateway, Member, SignalingError, TicketRejected
+from signaling.gateway import (
+    ConsultationGateway,
+    Member,
+    RecordingState,
+    SignalingError,
+    TicketRejected,
+)
 from signaling.messages import (
     AdmitMessage,
     ChatMessage,
+    ConsentMessage,
     EmptyMessage,
     JoinMessage,
     SignalMessage,
@@ -41,6 +49,8 @@ class Connection:
 
     member: Member
     bucket: TokenBucket
+    # Where the connection comes from, for the consent journal.
+    address: str | None = None
     instance: str | None = None
 
 
@@ -50,6 +60,16 @@ def _room(consultation_id: str, part: str | None = None) -> str:
 
 def _participant_room(participant_id: str) -> str:
     return f"p:{participant_id}"
+
+
+def _client_address(environ: dict[str, Any]) -> str | None:
+    # engine.io's aiohttp driver fills REMOTE_ADDR with a placeholder; ask the request.
+    request = environ.get("aiohttp.request")
+    remote = getattr(request, "remote", None)
+    if isinstance(remote, str):
+        return remote
+    address = environ.get("REMOTE_ADDR")
+    return address if isinstance(address, str) else None
 
 
 def _describe(error: ValidationError) -> str:
@@ -74,9 +94,15 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "admit": (AdmitMessage, self._admit, True),
             "signal": (SignalMessage, self._signal, True),
             "chat": (ChatMessage, self._chat, True),
+            "consent": (ConsentMessage, self._consent, True),
             "leave": (EmptyMessage, self._leave, True),
             "end": (EmptyMessage, self._end, True),
         }
+
+    async def tell(self, consultation_id: str, event: str, payload: dict[str, Any]) -> None:
+        """Send a server event to everyone connected to the consultation (e.g. the
+        recorder had to stop); works across nodes like every room."""
+        await self.emit(event, payload, room=_room(consultation_id))
 
     @property
     def events(self) -> frozenset[str]:
@@ -100,7 +126,8 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 exc.message, {"code": exc.code}
             ) from None
         bucket = TokenBucket(self._settings.rate_per_second, self._settings.burst)
-        await self.save_session(sid, {"connection": Connection(member=member, bucket=bucket)})
+        connection = Connection(member=member, bucket=bucket, address=_client_address(environ))
+        await self.save_session(sid, {"connection": connection})
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         connection = await self._connection(sid)
@@ -121,6 +148,7 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             skip_sid=sid,
         )
         await self._publish_lobby(member.consultation_id)
+        await self._publish_recording(member.consultation_id)
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
         if event in ("connect", "disconnect"):
@@ -188,7 +216,12 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             "ice_servers": ice_servers(self._settings.ice, member.participant_id),
             "peers": [peer.as_dict() for peer in result.peers],
             "chat": [entry.as_dict() for entry in result.chat],
+            "recording": result.recording.as_dict(),
+            "whip_url": self._settings.whip_url(cid),
         }
+        if result.status == "admitted":
+            # Someone new in the call changes who must consent before recording goes on.
+            await self._emit_recording(cid, result.recording, skip_sid=sid)
         if member.is_staff:
             ack["waiting"] = [peer.as_dict() for peer in await self._gateway.waiting(cid)]
         return ack
@@ -228,6 +261,14 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         await self.emit("chat", entry.as_dict(), room=_room(member.consultation_id, "admitted"))
         return {"message": entry.as_dict()}
 
+    async def _consent(self, sid: str, connection: Connection, message: ConsentMessage) -> Ack:
+        member = connection.member
+        if not await self._is_admitted(member.consultation_id, member.participant_id):
+            raise SignalingError("not_admitted", "consent is asked once you are in the call")
+        state = await self._gateway.consent(member, message.accepted, connection.address)
+        await self._emit_recording(member.consultation_id, state)
+        return {"recording": state.as_dict()}
+
     async def _leave(self, sid: str, connection: Connection, message: EmptyMessage) -> None:
         member = connection.member
         await self._gateway.leave(member)
@@ -238,6 +279,7 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             {"participant_id": member.participant_id, "reason": "hangup"},
             room=_room(member.consultation_id, "admitted"),
         )
+        await self._publish_recording(member.consultation_id)
         return None
 
     async def _end(self, sid: str, connection: Connection, message: EmptyMessage) -> None:
@@ -256,6 +298,16 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             return None
         connection = session.get("connection") if isinstance(session, dict) else None
         return connection if isinstance(connection, Connection) else None
+
+    async def _publish_recording(self, consultation_id: str) -> None:
+        await self._emit_recording(consultation_id, await self._gateway.recording(consultation_id))
+
+    async def _emit_recording(
+        self, consultation_id: str, state: RecordingState, skip_sid: str | None = None
+    ) -> None:
+        await self.emit(
+            "recording", state.as_dict(), room=_room(consultation_id, "admitted"), skip_sid=skip_sid
+        )
 
     async def _is_admitted(self, consultation_id: str, participant_id: str) -> bool:
         known = self._admitted.get(consultation_id)

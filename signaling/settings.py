@@ -27,3 +27,11 @@ class SignalingSettings:
     # Token bucket per connection: enough for a burst of ICE candidates, not for a flood.
     rate_per_second: float = 30.0
     burst: int = 120
+    # Base URL of the recorder's WHIP endpoints (…/whip/<consultation>) that pages publish
+    # to while recording; None when this deployment records nothing.
+    whip_base_url: str | None = None
+
+    def whip_url(self, consultation_id: str) -> str | None:
+        if self.whip_base_url is None:
+            return None
+        return f"{self.whip_base_url.rstrip('/')}/whip/{consultation_id}"

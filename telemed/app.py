@@ -3,15 +3,21 @@ and the signaling namespace into one aiohttp application."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from emr_bridge import FhirRouter
 from telemed.services import SERVICES, Services, build_services
 from telemed.settings import Settings, SettingsError
-from telemed.web import routes
+from telemed.web import clinical, routes, whip
+from telemed.web.fhir import FhirEndpoint, resolve_by_domain_ids
 from telemed.web.middleware import problem_middleware, security_headers
+
+log = logging.getLogger(__name__)
 
 
 def vendor_dir() -> Path:
@@ -25,17 +31,61 @@ def vendor_dir() -> Path:
 
 def create_app(settings: Settings, services: Services | None = None) -> web.Application:
     services = services or build_services(settings)
+    recorder_origin = [_origin(settings.recorder_url)] if settings.recorder_is_separate else []
     app = web.Application(
-        middlewares=[security_headers, problem_middleware], client_max_size=1024 * 1024
+        middlewares=[security_headers(recorder_origin), problem_middleware],
+        client_max_size=1024 * 1024,
     )
     app[SERVICES] = services
     app.cleanup_ctx.append(_engine_lifetime)
+    if services.recorder is not None:
+        app.cleanup_ctx.append(_recorder_lifetime)
     services.sio.attach(app)
     routes.setup(app, vendor_dir())
+    whip.setup(app)
+    clinical.setup(app)
+    FhirEndpoint(
+        FhirRouter(services.card),
+        services.tokens,
+        resolve_by_domain_ids,
+        public_base_url=settings.effective_public_url.rstrip("/") + "/fhir",
+    ).setup(app)
     return app
+
+
+def create_recorder_app(settings: Settings, services: Services) -> web.Application:
+    """The recorder alone (``telemed recorder``): WHIP and health checks, no pages or
+    signaling. Consent changes and ends reach it through the database it polls."""
+    if services.recorder is None:
+        raise SettingsError("TELEMED_RECORDING is off: there is nothing to record")
+    app = web.Application(
+        middlewares=[security_headers(), problem_middleware], client_max_size=1024 * 1024
+    )
+    app[SERVICES] = services
+    app.cleanup_ctx.append(_engine_lifetime)
+    app.cleanup_ctx.append(_recorder_lifetime)
+    routes.setup_health(app)
+    whip.setup(app)
+    return app
+
+
+def _origin(url: str | None) -> str:
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
     await services.engine.dispose()
+
+
+async def _recorder_lifetime(app: web.Application) -> AsyncIterator[None]:
+    recorder = app[SERVICES].recorder
+    assert recorder is not None
+    # Recovery first: what a crash left in the spool is uploaded before new recordings.
+    report = await recorder.start()
+    for recovered in report.recovered:
+        log.info("recovered a recording segment (%s bytes)", recovered.object.size)
+    yield
+    await recorder.close()

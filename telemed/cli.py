@@ -1,4 +1,4 @@
-"""``telemed``: serve, demo, db upgrade."""
+"""``telemed``: serve, recorder, demo, db upgrade."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from telemed.app import create_app
+from telemed.app import create_app, create_recorder_app
 from telemed.db import pending_migrations, upgrade
 from telemed.demo import DemoConsultation, demo_consultation
 from telemed.services import Services, build_services
@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(handler=_serve)
 
+    recorder = commands.add_parser(
+        "recorder",
+        help="run the recorder alone (WHIP ingest, spool recovery, protocols); "
+        "point the web nodes at it with TELEMED_RECORDER_URL",
+    )
+    recorder.add_argument("--host", help="address to listen on (TELEMED_HOST)")
+    recorder.add_argument("--port", type=int, help="port to listen on (TELEMED_PORT)")
+    recorder.set_defaults(handler=_recorder)
+
     demo = commands.add_parser("demo", help="create a fresh demo consultation and print its links")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(handler=_demo)
@@ -78,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _ready_services(settings: Settings) -> Services:
-    services = build_services(settings)
+async def _ready_services(settings: Settings, *, recorder: bool | None = False) -> Services:
+    services = build_services(settings, recorder=recorder)
     try:
         outdated = await pending_migrations(services.engine)
     except Exception as exc:
@@ -92,8 +101,32 @@ async def _ready_services(settings: Settings) -> Services:
 
 
 async def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    services = await _ready_services(settings)
+    services = await _ready_services(settings, recorder=None)
     app = create_app(settings, services)
+    runner = await _listen(app, settings)
+    print(f"telemed is serving on http://{settings.host}:{settings.port}", flush=True)
+    if args.demo:
+        links = await demo_consultation(services, fresh=False)
+        print(_for_people(links), flush=True)
+    await _until_stopped()
+    print("telemed is stopping", flush=True)
+    await runner.cleanup()
+    return 0
+
+
+async def _recorder(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.recording:
+        raise CommandError("TELEMED_RECORDING is off: there is nothing to record")
+    services = await _ready_services(settings, recorder=True)
+    runner = await _listen(create_recorder_app(settings, services), settings)
+    print(f"telemed recorder is serving WHIP on http://{settings.host}:{settings.port}", flush=True)
+    await _until_stopped()
+    print("telemed recorder is stopping", flush=True)
+    await runner.cleanup()
+    return 0
+
+
+async def _listen(app: web.Application, settings: Settings) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
@@ -102,19 +135,16 @@ async def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as exc:
         await runner.cleanup()
         raise CommandError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from None
-    print(f"telemed is serving on http://{settings.host}:{settings.port}", flush=True)
-    if args.demo:
-        links = await demo_consultation(services, fresh=False)
-        print(_for_people(links), flush=True)
+    return runner
+
+
+async def _until_stopped() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    print("telemed is stopping", flush=True)
-    await runner.cleanup()
-    return 0
 
 
 async def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -133,7 +163,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
-    services = build_services(settings)
+    services = build_services(settings, recorder=False)
     try:
         await upgrade(services.engine)
     except Exception as exc:

@@ -85,6 +85,12 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(lambda sync: command.upgrade(_alembic_config(sync), revision))
 
 
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Undo migrations down to ``revision`` (``base``: everything); for operators and tests."""
+    async with engine.begin() as connection:
+        await connection.run_sync(lambda sync: command.downgrade(_alembic_config(sync), revision))
+
+
 async def pending_migrations(engine: AsyncEngine) -> bool:
     """True when the database is not at the newest migration (or has none at all)."""
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import socketio
 from aiohttp import web
+from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from signaling import ConsultationNamespace
+from emr_bridge import FhirRepository
+from emr_bridge.audit import LoggingCardAuditSink
+from recorder import Recorder, Spool, open_store
+from signaling import ConsultationNamespace, RecordingState
+from telemed.consultations.recordings import RecordingService
 from telemed.consultations.service import ConsultationService
 from telemed.db import create_engine, session_factory
 from telemed.identity.accounts import AccountService
@@ -29,15 +35,23 @@ class Services:
     tokens: TokenService
     accounts: AccountService
     consultations: ConsultationService
+    recordings: RecordingService
+    # The patient's card (FHIR R4 store).
+    card: FhirRepository
     sio: socketio.AsyncServer
     namespace: ConsultationNamespace
+    # None when TELEMED_RECORDING is off.
+    recorder: Recorder | None
 
 
 SERVICES = web.AppKey("services", Services)
 
 
-def build_services(settings: Settings) -> Services:
-    """Everything the app (and the CLI) needs; nothing here opens a connection yet."""
+def build_services(settings: Settings, *, recorder: bool | None = None) -> Services:
+    """Everything the app (and the CLI) needs; nothing here opens a connection yet.
+
+    ``recorder``: run the recorder in this process; by default when recording is on and
+    no separate recorder is configured (``TELEMED_RECORDER_URL`` naming another URL)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.effective_database_url)
     sessions = session_factory(engine)
@@ -64,6 +78,13 @@ def build_services(settings: Settings) -> Services:
     )
     namespace = ConsultationNamespace(consultations, settings.signaling)
     sio.register_namespace(namespace)
+    recordings = RecordingService(sessions, tokens)
+    recordings.add_notifier(namespace.tell)
+    if recorder is None:
+        recorder = settings.recording and not settings.recorder_is_separate
+    built = build_recorder(settings, recordings) if recorder else None
+    if built is not None:
+        consultations.add_recording_listener(_recorder_follows(built))
     return Services(
         settings=settings,
         engine=engine,
@@ -71,6 +92,34 @@ def build_services(settings: Settings) -> Services:
         tokens=tokens,
         accounts=AccountService(sessions, tokens, settings.access_token_ttl_seconds),
         consultations=consultations,
+        recordings=recordings,
+        card=FhirRepository(engine, LoggingCardAuditSink()),
         sio=sio,
         namespace=namespace,
+        recorder=built,
     )
+
+
+def build_recorder(settings: Settings, recordings: RecordingService) -> Recorder:
+    """The recorder over the configured storage; started and closed by its owner."""
+    spool = Spool.from_settings(settings.storage, open_store(settings.storage))
+    # The recorder answers browsers directly: host candidates, plus STUN if configured.
+    ice = [RTCIceServer(urls=url) for url in settings.stun_urls]
+    return Recorder(spool, recordings, ice_servers=ice)
+
+
+def _recorder_follows(recorder: Recorder) -> Callable[[str, RecordingState, bool], Awaitable[None]]:
+    """Consent and the end of a consultation reach the recorder at once (it also polls)."""
+
+    async def follow(consultation_id: str, state: RecordingState, over: bool) -> None:
+        if over:
+            recorder.finish_later(consultation_id)
+            return
+        allowed = (
+            {pid for pid, choice in state.consents if choice == "accepted"}
+            if state.active
+            else set()
+        )
+        recorder.stop_disallowed(consultation_id, allowed)
+
+    return follow

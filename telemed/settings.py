@@ -14,6 +14,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from recorder.storage import StorageConfigError, StorageSettings
 from signaling import IceSettings, SignalingSettings
 
 ENV_PREFIX = "TELEMED_"
@@ -41,6 +42,11 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None,
         description="Base of every link the service prints; http://HOST:PORT when unset.",
+    )
+    recorder_url: str | None = Field(
+        default=None,
+        description="Public base URL of the recorder's WHIP endpoints (/whip/...); "
+        "the public URL when unset (the recorder runs inside `telemed serve`).",
     )
     redis_url: str | None = Field(
         default=None,
@@ -86,6 +92,60 @@ class Settings(BaseSettings):
         default=None, description="File holding the coturn secret, instead of TELEMED_TURN_SECRET."
     )
     turn_ttl_seconds: int = Field(default=3600, ge=60, description="Lifetime of TURN credentials.")
+
+    recording: bool = Field(
+        default=True,
+        description="Offer recording (with every participant's consent); false turns it off.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where recordings and protocols go: file:///dir or s3://bucket/prefix; "
+        "DATA_DIR/storage when unset.",
+    )
+    storage_part_size: int = Field(
+        default=8 * 1024 * 1024,
+        description="Multipart part size in bytes (at least 5 MiB for S3); parts upload "
+        "while the call goes on.",
+    )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Local disk where recordings are written first; DATA_DIR/spool when unset.",
+    )
+    spool_min_free_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=0,
+        description="Recording stops cleanly when the spool disk has less free space.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint (MinIO, another S3-compatible server); AWS if unset."
+    )
+    s3_region: str | None = Field(
+        default=None, description="S3 region (the storage region: keep data in Russia)."
+    )
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key; boto3's own credential chain when unset."
+    )
+    s3_secret_access_key: str | None = Field(default=None, description="S3 secret key.")
+    s3_sse: str | None = Field(
+        default=None, description="Server-side encryption: AES256 or aws:kms; none when unset."
+    )
+    s3_sse_kms_key_id: str | None = Field(default=None, description="KMS key for aws:kms.")
+    s3_addressing_style: str = Field(
+        default="auto", description="S3 addressing: auto, virtual or path (MinIO: path)."
+    )
+    s3_connect_timeout: float = Field(
+        default=3.0, gt=0, description="Seconds to wait for a connection to S3."
+    )
+    s3_read_timeout: float = Field(
+        default=20.0,
+        gt=0,
+        description="Seconds S3 may stay silent on one socket read or write before the "
+        "request is retried (an outage never loses data: the spool keeps it).",
+    )
+    s3_checksums: bool = Field(
+        default=True,
+        description="Send SHA-256 checksums to S3; turn off for servers that reject them.",
+    )
 
     @field_validator("stun_urls", "turn_urls", mode="before")
     @classmethod
@@ -160,6 +220,37 @@ class Settings(BaseSettings):
         return self.public_url or f"http://{self.host}:{self.port}"
 
     @property
+    def recorder_is_separate(self) -> bool:
+        """True when pages publish to a recorder other than this web node."""
+        return bool(self.recorder_url) and self.recorder_url != self.effective_public_url
+
+    @property
+    def effective_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return (self.data_dir / "storage").resolve().as_uri()
+
+    @cached_property
+    def storage(self) -> StorageSettings:
+        """The recorder's storage section; StorageConfigError for an invalid combination."""
+        return StorageSettings(
+            url=self.effective_storage_url,
+            spool_dir=self.spool_dir or self.data_dir / "spool",
+            part_size=self.storage_part_size,
+            min_free_bytes=self.spool_min_free_bytes,
+            s3_endpoint_url=self.s3_endpoint_url,
+            s3_region=self.s3_region,
+            s3_access_key_id=self.s3_access_key_id,
+            s3_secret_access_key=self.s3_secret_access_key,
+            s3_sse=self.s3_sse,  # type: ignore[arg-type]  # checked by StorageSettings
+            s3_sse_kms_key_id=self.s3_sse_kms_key_id,
+            s3_addressing_style=self.s3_addressing_style,  # type: ignore[arg-type]
+            s3_checksums=self.s3_checksums,
+            s3_connect_timeout=self.s3_connect_timeout,
+            s3_read_timeout=self.s3_read_timeout,
+        )
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
@@ -177,6 +268,7 @@ class Settings(BaseSettings):
             ),
             rate_per_second=self.signaling_rate_per_second,
             burst=self.signaling_burst,
+            whip_base_url=self.recorder_url or self.effective_public_url,
         )
 
 
@@ -188,6 +280,12 @@ def load_settings(**overrides: Any) -> Settings:
             raise SettingsError(
                 f"TELEMED_TURN_SECRET_PATH: no such file: {settings.turn_secret_path}"
             )
+        try:
+            settings.storage  # noqa: B018 - validates the combination of storage settings
+        except StorageConfigError as exc:
+            raise SettingsError(
+                f"invalid settings:\n  {_storage_variables(str(exc))}: {exc}"
+            ) from None
         return settings
     except ValidationError as exc:
         lines = []
@@ -196,6 +294,27 @@ def load_settings(**overrides: Any) -> Settings:
             name = ENV_PREFIX + location[0].upper() if location else "settings"
             lines.append(f"{name}: {error['msg']}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
+
+
+_STORAGE_VARIABLES = (
+    ("part size", "TELEMED_STORAGE_PART_SIZE"),
+    ("access key", "TELEMED_S3_ACCESS_KEY_ID / TELEMED_S3_SECRET_ACCESS_KEY"),
+    ("kms", "TELEMED_S3_SSE_KMS_KEY_ID"),
+    ("encryption", "TELEMED_S3_SSE"),
+    ("addressing", "TELEMED_S3_ADDRESSING_STYLE"),
+    ("endpoint", "TELEMED_S3_ENDPOINT_URL"),
+    ("free", "TELEMED_SPOOL_MIN_FREE_BYTES"),
+    ("spool", "TELEMED_SPOOL_DIR"),
+)
+
+
+def _storage_variables(message: str) -> str:
+    """The variable a storage refusal is about (the storage URL unless it names another)."""
+    lowered = message.lower()
+    for words, variable in _STORAGE_VARIABLES:
+        if words in lowered:
+            return variable
+    return "TELEMED_STORAGE_URL"
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -9,7 +9,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from telemed.db import create_engine, upgrade
 from telemed.demo import DemoConsultation, demo_consultation
 from telemed.services import Services, build_services
 from telemed.settings import Settings, load_settings
+from tests.peers import Peer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -132,6 +133,8 @@ def settings(tmp_path: Path, database_url: str, settings_overrides: dict[str, An
         "host": "127.0.0.1",
         "port": port,
         "public_url": f"http://127.0.0.1:{port}",
+        # Tests must not depend on how full the machine's disk happens to be.
+        "spool_min_free_bytes": 0,
         **settings_overrides,
     }
     return load_settings(**values)
@@ -166,3 +169,18 @@ async def app(settings: Settings) -> AsyncIterator[RunningApp]:
     """The real application, served on a free loopback port."""
     async with serving(settings) as running:
         yield running
+
+
+@pytest.fixture
+async def peers(app: RunningApp) -> AsyncIterator[Callable[[], Peer]]:
+    """Socket.IO peers on the app, all closed at the end of the test."""
+    made: list[Peer] = []
+
+    def make() -> Peer:
+        peer = Peer(app.url)
+        made.append(peer)
+        return peer
+
+    yield make
+    for peer in made:
+        await peer.close()

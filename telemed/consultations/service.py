@@ -7,7 +7,7 @@ changed it, so several signaling nodes can share one database.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,7 +16,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from signaling import ChatEntry, JoinResult, Member, Peer, Role, SignalingError, TicketRejected
+from signaling import (
+    ChatEntry,
+    ConsentChoice,
+    JoinResult,
+    Member,
+    Peer,
+    RecordingState,
+    Role,
+    SignalingError,
+    TicketRejected,
+)
 from telemed.consultations.events import EventKind
 from telemed.consultations.models import (
     Appointment,
@@ -77,6 +87,9 @@ class TimelineEntry:
     data: dict[str, Any] | None
 
 
+# Told after the commit that changed it: (consultation_id, state, consultation is over).
+RecordingListener = Callable[[str, RecordingState, bool], Awaitable[None]]
+
 _TICKET_CODES = {
     "token_missing": "ticket_missing",
     "token_invalid": "ticket_invalid",
@@ -97,6 +110,12 @@ class ConsultationService:
         self._grace = timedelta(seconds=reconnect_grace_seconds)
         self._clock = clock
         self._store = ConsultationStore()
+        self._recording_listeners: list[RecordingListener] = []
+
+    def add_recording_listener(self, listener: RecordingListener) -> None:
+        """Call ``listener`` after every committed change of a consultation's recording
+        state (start, stop, a consent) and when the consultation ends."""
+        self._recording_listeners.append(listener)
 
     # Appointments and consultations ---------------------------------------------------
 
@@ -280,13 +299,18 @@ class ConsultationService:
                 if other.id != participant.id and other.admitted and other.online
             )
             chat = await self._store.chat(session, consultation.id)
-            return JoinResult(
+            recording, changed = await self._refresh_recording(session, consultation, now)
+            result = JoinResult(
                 status="admitted",
                 consultation_state=consultation.state,
                 reconnected=reconnected,
                 peers=peers,
                 chat=tuple(_chat_entry(event, others) for event in chat),
+                recording=recording,
             )
+        if changed:
+            await self._tell_recording(member.consultation_id, recording)
+        return result
 
     async def waiting(self, consultation_id: str) -> list[Peer]:
         async with self._sessions() as session:
@@ -355,7 +379,10 @@ class ConsultationService:
                     participant.id,
                     data={"reason": "connection_lost"},
                 )
-            return was_online
+            recording, changed = await self._refresh_recording(session, consultation, now)
+        if changed:
+            await self._tell_recording(member.consultation_id, recording)
+        return was_online
 
     async def leave(self, member: Member) -> None:
         if member.is_staff:
@@ -375,6 +402,10 @@ class ConsultationService:
                 participant.id,
                 data={"reason": "hangup"},
             )
+            consultation = await self._consultation(session, member.consultation_id)
+            recording, changed = await self._refresh_recording(session, consultation, now)
+        if changed:
+            await self._tell_recording(member.consultation_id, recording)
 
     async def chat(self, member: Member, text: str) -> ChatEntry:
         async with self._guard(), self._sessions.begin() as session:
@@ -420,6 +451,69 @@ class ConsultationService:
             for participant in await self._store.participants(session, consultation.id):
                 participant.online = False
                 participant.admitted = False
+            recording, _ = await self._refresh_recording(session, consultation, now)
+        for listener in self._recording_listeners:
+            await listener(by.consultation_id, recording, True)
+
+    async def consent(self, member: Member, accepted: bool, address: str | None) -> RecordingState:
+        choice: ConsentChoice = "accepted" if accepted else "declined"
+        async with self._guard(), self._sessions.begin() as session:
+            consultation = await self._consultation(session, member.consultation_id)
+            if ConsultationState(consultation.state).is_over:
+                raise SignalingError("consultation_over", "the consultation has ended")
+            participant = await self._member(session, member)
+            now = self._clock()
+            previous = participant.recording_consent
+            if previous != choice:
+                participant.recording_consent = choice
+                participant.consent_at = now
+                if accepted:
+                    kind = EventKind.CONSENT_GIVEN
+                elif previous == "accepted":
+                    kind = EventKind.CONSENT_WITHDRAWN
+                else:
+                    kind = EventKind.CONSENT_DECLINED
+                self._store.record(
+                    session, consultation.id, kind, now, participant.id, data={"address": address}
+                )
+            recording, _ = await self._refresh_recording(session, consultation, now)
+        # A withdrawal must stop that participant's recording even when the state stays.
+        await self._tell_recording(member.consultation_id, recording)
+        return recording
+
+    async def recording(self, consultation_id: str) -> RecordingState:
+        async with self._sessions() as session:
+            consultation = await self._consultation(session, consultation_id)
+            participants = await self._store.participants(session, consultation_id)
+        return _recording_state(consultation, participants)
+
+    async def _refresh_recording(
+        self, session: AsyncSession, consultation: Consultation, now: datetime
+    ) -> tuple[RecordingState, bool]:
+        """Recording runs while the call is on and everyone in it has accepted; flips
+        ``consultation.recording`` (with a timeline event) when that changes."""
+        participants = await self._store.participants(session, consultation.id)
+        present = [p for p in participants if p.admitted and p.online]
+        active = (
+            ConsultationState(consultation.state) is ConsultationState.IN_PROGRESS
+            and bool(present)
+            and all(p.recording_consent == "accepted" for p in present)
+        )
+        changed = active != consultation.recording
+        if changed:
+            consultation.recording = active
+            self._store.record(
+                session,
+                consultation.id,
+                EventKind.RECORDING_STARTED if active else EventKind.RECORDING_STOPPED,
+                now,
+                data={"participants": [p.id for p in present]},
+            )
+        return _recording_state(consultation, participants), changed
+
+    async def _tell_recording(self, consultation_id: str, state: RecordingState) -> None:
+        for listener in self._recording_listeners:
+            await listener(consultation_id, state, False)
 
     # Helpers --------------------------------------------------------------------------
 
@@ -485,6 +579,25 @@ def _peer(participant: Participant) -> Peer:
         display_name=participant.display_name,
         instance=participant.instance,
     )
+
+
+def _recording_state(
+    consultation: Consultation, participants: Sequence[Participant]
+) -> RecordingState:
+    consents = tuple(
+        (p.id, _consent_choice(p.recording_consent))
+        for p in participants
+        if p.admitted and p.online
+    )
+    return RecordingState(active=consultation.recording, consents=consents)
+
+
+def _consent_choice(value: str | None) -> ConsentChoice | None:
+    if value == "accepted":
+        return "accepted"
+    if value == "declined":
+        return "declined"
+    return None
 
 
 def _chat_entry(event: ConsultationEvent, participants: Sequence[Participant]) -> ChatEntry:

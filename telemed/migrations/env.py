@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from alembic import context
 
-from telemed.db import Base
-from telemed.models import register_all
+from telemed.models import all_metadata
 
-register_all()
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=all_metadata(),
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )

@@ -143,12 +143,16 @@ async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound("/doctor")
 
 
+def setup_health(app: web.Application) -> None:
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+
+
 def setup(app: web.Application, vendor_dir: Path) -> None:
     app.router.add_get("/", index)
     app.router.add_get("/doctor", _page("doctor.html"))
     app.router.add_get(r"/join/{consultation_id:[A-Za-z0-9-]{1,64}}", _page("patient.html"))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    setup_health(app)
     app.router.add_post("/api/v1/login", login)
     app.router.add_get("/api/v1/appointments", appointments)
     app.router.add_post(

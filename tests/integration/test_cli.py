@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import TelemedProcess
 
 DEMO_KEYS = {
     "consultation_id",
@@ -138,3 +140,34 @@ def test_serving_an_unmigrated_database_says_what_to_do(env: dict[str, str]) -> 
     assert result.returncode == 1
     assert "telemed db upgrade" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_recorder_runs_alone_and_refuses_to_run_with_recording_off(
+    env: dict[str, str],
+) -> None:
+    assert telemed(env, "db", "upgrade").returncode == 0
+    off = telemed({**env, "TELEMED_RECORDING": "false"}, "recorder")
+    assert off.returncode == 1
+    assert "TELEMED_RECORDING" in off.stderr
+
+    recorder = TelemedProcess(
+        {k: v for k, v in env.items() if k.startswith("TELEMED_")},
+        int(env["TELEMED_PORT"]),
+        command="recorder",
+    )
+    recorder.start()
+    try:
+        base = recorder.url
+        with urllib.request.urlopen(base + "/readyz", timeout=5) as response:
+            assert json.load(response)["status"] == "ok"
+        # It serves WHIP and nothing of the web app.
+        request = urllib.request.Request(base + "/whip/c1", data=b"v=0", method="POST")
+        request.add_header("Content-Type", "application/sdp")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(base + "/doctor", timeout=5)
+        assert missing.value.code == 404
+    finally:
+        recorder.stop()

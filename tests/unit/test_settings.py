@@ -21,6 +21,9 @@ def test_defaults_keep_everything_under_the_data_dir(
     assert settings.keys_dir == tmp_path / "keys"
     assert settings.effective_public_url == "http://127.0.0.1:8080"
     assert settings.signaling.ice.stun_urls == ()
+    assert settings.storage.url == (tmp_path / "storage").resolve().as_uri()
+    assert settings.storage.spool_dir == tmp_path / "spool"
+    assert settings.signaling.whip_url("c1") == "http://127.0.0.1:8080/whip/c1"
 
 
 def test_environment_variables_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +69,39 @@ def test_turn_needs_exactly_one_secret_source(
     monkeypatch.setenv("TELEMED_TURN_SECRET", "inline")
     with pytest.raises(SettingsError, match="not both"):
         load_settings()
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"TELEMED_STORAGE_URL": "ftp://archive/recordings"}, "TELEMED_STORAGE_URL"),
+        ({"TELEMED_STORAGE_URL": "s3://"}, "TELEMED_STORAGE_URL"),
+        (
+            {"TELEMED_STORAGE_URL": "s3://recordings", "TELEMED_STORAGE_PART_SIZE": "1024"},
+            "TELEMED_STORAGE_PART_SIZE",
+        ),
+        (
+            {"TELEMED_STORAGE_URL": "s3://recordings", "TELEMED_S3_ACCESS_KEY_ID": "only-one"},
+            "TELEMED_S3_ACCESS_KEY_ID",
+        ),
+        (
+            {"TELEMED_STORAGE_URL": "s3://recordings", "TELEMED_S3_SSE": "rot13"},
+            "TELEMED_S3_SSE",
+        ),
+    ],
+)
+def test_bad_storage_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings()
+
+
+def test_a_separate_recorder_is_where_pages_publish(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TELEMED_PUBLIC_URL", "https://tm.clinic.test")
+    monkeypatch.setenv("TELEMED_RECORDER_URL", "https://media.clinic.test")
+    settings = load_settings()
+    assert settings.recorder_is_separate
+    assert settings.signaling.whip_url("c1") == "https://media.clinic.test/whip/c1"

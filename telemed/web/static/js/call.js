@@ -243,6 +243,10 @@ export class CallSession extends EventTarget {
   /** @type {{state: string, reason: string|null}} */
   #state = { state: "idle", reason: null };
   #seenChat = new Set();
+  /** @type {{active: boolean, consents: Object<string, string|null>}} */
+  #recording = { active: false, consents: {} };
+  /** Where this participant publishes its tracks while recording (WHIP), from the join. */
+  #whipUrl = null;
 
   /**
    * @param {object} options
@@ -276,6 +280,35 @@ export class CallSession extends EventTarget {
     return { ...this.#state };
   }
 
+  /** The current join ticket (renewed tickets included): it also authorizes publishing. */
+  get ticket() {
+    return this.#ticket;
+  }
+
+  /** The WHIP endpoint for this participant's recording, once joined. */
+  get whipUrl() {
+    return this.#whipUrl;
+  }
+
+  /** ICE servers from the join, for the recording connection as for the call. */
+  get iceServers() {
+    return [...this.#iceServers];
+  }
+
+  /** The local camera and microphone stream given at construction, if any. */
+  get localStream() {
+    return this.#localStream;
+  }
+
+  /**
+   * Recording as the server last told it: `active` and this participant's own choice
+   * ("accepted", "declined" or null while undecided).
+   */
+  get recording() {
+    const mine = this.participantId ? this.#recording.consents[this.participantId] ?? null : null;
+    return { active: this.#recording.active, consent: mine, consents: { ...this.#recording.consents } };
+  }
+
   /** True once the server has admitted this participant into the call. */
   get admitted() {
     return this.#status === "admitted" && !this.#left && !this.#ended;
@@ -303,6 +336,10 @@ export class CallSession extends EventTarget {
     socket.on("peer_left", (payload) => this.#onPeerLeft(payload));
     socket.on("signal", (message) => this.#onSignal(message));
     socket.on("chat", (message) => this.#addChat(message));
+    socket.on("recording", (state) => this.#onRecording(state));
+    socket.on("recording_error", (payload) => {
+      if (isObject(payload)) this.#dispatch("recording-error", { ...payload });
+    });
     socket.on("ended", (payload) => this.#finish(isObject(payload) ? payload.reason : null));
     socket.on("error", (payload) => this.#onServerError(payload));
     this.#updateState();
@@ -334,6 +371,16 @@ export class CallSession extends EventTarget {
     this.#dropAllLinks();
     stopStream(this.#localStream);
     this.#updateState();
+    return ack;
+  }
+
+  /**
+   * Accept or decline (or withdraw) recording of the consultation. Resolves with the ack;
+   * the new recording state also arrives as a `recording` event.
+   */
+  async consent(accepted) {
+    const ack = await this.#command("consent", { accepted: Boolean(accepted) });
+    if (ack.ok && isObject(ack.recording)) this.#onRecording(ack.recording);
     return ack;
   }
 
@@ -455,6 +502,7 @@ export class CallSession extends EventTarget {
     };
     this.#iceServers = Array.isArray(ack.ice_servers) ? ack.ice_servers : [];
     this.#consultationState = ack.consultation_state ?? null;
+    this.#whipUrl = typeof ack.whip_url === "string" ? ack.whip_url : null;
     this.#joined = true;
     this.#everJoined = true;
     this.#serverKicks = 0;
@@ -482,6 +530,7 @@ export class CallSession extends EventTarget {
       return;
     }
     clearTimeout(this.#lobbyPollTimer);
+    if (isObject(ack.recording)) this.#onRecording(ack.recording);
     const peers = (Array.isArray(ack.peers) ? ack.peers : []).filter(isObject);
     this.#reconcile(peers);
     const held = this.#heldSignals;
@@ -534,6 +583,15 @@ export class CallSession extends EventTarget {
     }
     this.#dispatch("lobby", { waiting });
     this.#updateState();
+  }
+
+  #onRecording(state) {
+    if (!isObject(state)) return;
+    this.#recording = {
+      active: state.active === true,
+      consents: isObject(state.consents) ? { ...state.consents } : {},
+    };
+    this.#dispatch("recording", this.recording);
   }
 
   #onAdmitted() {

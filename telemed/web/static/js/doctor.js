@@ -25,6 +25,8 @@ import {
   toast,
   toastCode,
 } from "./ui.js";
+import { RecordingControl } from "./recording.js";
+import { openClinical } from "./clinical.js";
 
 const TOKEN_KEY = "telemed.doctor.token";
 /** The consultation in progress, so that a reload of the console goes straight back to it. */
@@ -62,6 +64,7 @@ const el = {
 
 const media = MediaControls.fromPage(el.localVideo);
 const chat = ChatView.fromPage();
+const recording = new RecordingControl();
 
 /** Everything about the page's current situation. */
 const page = {
@@ -285,6 +288,7 @@ function openCall(appointment, started, stream) {
   showView("call");
   el.callTitle.textContent = String(appointment.patient_name ?? "");
   el.patientLink.value = started.patient_url ? new URL(String(started.patient_url), location.origin).href : "";
+  openClinical(consultationId, page.token);
 
   page.localStream = stream;
   attachLocalVideo(el.localVideo, stream);
@@ -299,6 +303,7 @@ function openCall(appointment, started, stream) {
   });
   page.session = session;
   chat.attach(session);
+  recording.attach(session);
   session.addEventListener("state", (event) => onCallState(event.detail));
   session.addEventListener("lobby", (event) => renderWaiting(event.detail.waiting));
   session.addEventListener("chat", (event) => chat.add(event.detail.message));

@@ -23,6 +23,7 @@ import {
   toast,
   toastCode,
 } from "./ui.js";
+import { RecordingControl } from "./recording.js";
 
 /** sessionStorage key prefix: the ticket survives a reload after it left the address bar. */
 const TICKET_KEY_PREFIX = "telemed.ticket.";
@@ -41,6 +42,7 @@ const el = {
 
 const media = MediaControls.fromPage(el.localVideo);
 const chat = ChatView.fromPage();
+const recording = new RecordingControl();
 
 /** @type {CallSession|null} */
 let session = null;
@@ -136,6 +138,7 @@ function startCall(consultationId, ticket, stream) {
 
   session = new CallSession({ ticket, consultationId, localStream: stream });
   chat.attach(session);
+  recording.attach(session);
   session.addEventListener("state", (event) => onCallState(event.detail));
   session.addEventListener("chat", (event) => chat.add(event.detail.message));
   session.addEventListener("remote-stream", (event) => {
