@@ -42,6 +42,11 @@ bench: install-test browser
 	$(BIN)/python bench/signaling_relay.py
 	$(BIN)/python bench/idle_memory.py
 	$(BIN)/python bench/join_time.py
+	$(BIN)/python bench/recorder_cpu.py
+	$(BIN)/python bench/recorder_streams.py
+	$(BIN)/python bench/recorder_finalize.py
+	$(BIN)/python bench/card_bridge.py
+	$(BIN)/python bench/card_everything.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

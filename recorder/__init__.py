@@ -21,6 +21,7 @@ from recorder.recorder import (
     PublishGrant,
     Recorder,
     RecorderFullError,
+    RecorderUnavailableError,
     RecordingLedger,
     segment_key,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "PublishGrant",
     "Recorder",
     "RecorderFullError",
+    "RecorderUnavailableError",
     "RecordingLedger",
     "RecoveryReport",
     "SegmentRecord",

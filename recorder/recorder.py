@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote
 
 from aiortc import RTCIceServer
 
@@ -35,7 +37,7 @@ from recorder.protocol import (
     protocol_key,
 )
 from recorder.session import OfferError, PublisherSession
-from recorder.spool import RecoveryReport, Spool, SpoolFullError, SpoolSegment
+from recorder.spool import Spool, SpoolFullError, SpoolSegment
 from recorder.storage.base import ObjectInfo
 from recorder.webm import RecordingStats, TrackSpec, file_suffix, media_type
 
@@ -45,6 +47,7 @@ __all__ = [
     "PublishGrant",
     "Recorder",
     "RecorderFullError",
+    "RecorderUnavailableError",
     "RecordingLedger",
     "segment_key",
 ]
@@ -63,6 +66,16 @@ def segment_key(consultation_id: str, participant_id: str, sequence: int, suffix
 
 class RecorderFullError(Exception):
     """The spool disk has too little free space to start recording."""
+
+
+class RecorderUnavailableError(Exception):
+    """The recorder takes no new publication: it is shutting down (``shutting_down``;
+    try again soon, elsewhere), or the consultation is over (its protocol is being
+    written or has been)."""
+
+    def __init__(self, message: str, *, shutting_down: bool = False) -> None:
+        super().__init__(message)
+        self.shutting_down = shutting_down
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +131,10 @@ class RecordingLedger(Protocol):
 
     async def protocol_context(self, consultation_id: str) -> ProtocolContext: ...
 
+    async def protocol_stored_already(self, consultation_id: str) -> bool:
+        """True once the consultation's protocol is stored (its recording is final)."""
+        ...
+
     async def protocol_stored(self, consultation_id: str, info: ObjectInfo) -> None:
         """The protocol is stored: the recording of the consultation is final."""
         ...
@@ -146,9 +163,12 @@ class _Publication:
         # Set once the connection is closed and the file complete in the spool; storing
         # it may take longer (storage can be away), and nobody needs to wait for that.
         self.closed = asyncio.Event()
+        # When the first frame was written: the segment's real start, for the protocol.
+        self.first_frame_at: datetime | None = None
         self.session = PublisherSession(
             self.open_output,
             ice_servers=recorder.ice_servers,
+            on_first_frame=self.on_first_frame,
             on_ended=self.on_session_ended,
         )
 
@@ -173,6 +193,9 @@ class _Publication:
         )
         return self.segment
 
+    def on_first_frame(self) -> None:
+        self.first_frame_at = self.recorder.clock()
+
     def on_session_ended(self, reason: str) -> None:
         self.recorder.end_publication(self, reason)
 
@@ -182,7 +205,8 @@ class Recorder:
 
     ``finish_timeout`` bounds how long a segment's last upload may wait for storage when
     a publication ends; after it the segment stays in the spool for the next recovery
-    (storage outages are otherwise waited out)."""
+    (storage outages are otherwise waited out). ``shutdown_timeout`` bounds how long
+    :meth:`close` waits for uploads; what is not stored by then stays in the spool."""
 
     def __init__(
         self,
@@ -192,6 +216,7 @@ class Recorder:
         ice_servers: Sequence[RTCIceServer] = (),
         watch_interval: float = 1.0,
         finish_timeout: float | None = None,
+        shutdown_timeout: float = 10.0,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.spool = spool
@@ -200,43 +225,43 @@ class Recorder:
         self.clock = clock
         self._watch_interval = watch_interval
         self._finish_timeout = finish_timeout
+        self._shutdown_timeout = shutdown_timeout
         self._publications: dict[str, _Publication] = {}
+        # One lock per consultation being finalized, and those finished in this process
+        # (a bounded memory: a second finalize would only rewrite the same protocol).
         self._finalizing: dict[str, asyncio.Lock] = {}
+        self._finalized: OrderedDict[str, None] = OrderedDict()
+        # One publish at a time per participant: segment numbers must not collide.
+        self._publishing: dict[str, asyncio.Lock] = {}
         self._watch_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[object]] = set()
         self._closed = False
 
     # Lifecycle -------------------------------------------------------------------------
 
-    async def start(self) -> RecoveryReport:
-        """Finish what a previous run left (spooled segments, protocols of consultations
-        that ended meanwhile), then watch permissions. Returns the spool recovery."""
-        report = await self.spool.recover()
-        for recovered in report.recovered:
-            await self.ledger.segment_recovered(
-                recovered.key, recovered.object, recovered.interrupted
-            )
-        for failed in report.failed:
-            log.error("recorder: could not recover a spooled segment: %s", failed.error)
-        await self.ledger.segments_abandoned(
-            [p.record.object_key for p in self._publications.values() if p.record]
-        )
-        await self._finalize_pending()
+    async def start(self) -> None:
+        """Watch permissions, and in the background finish what a previous run left:
+        spooled segments (recovered even while storage is still away, which must not
+        keep the service from starting) and protocols of consultations that ended."""
+        self._spawn(self._recover(), "recorder recovery")
         self._watch_task = asyncio.create_task(self._watch(), name="recorder watch")
-        return report
 
     async def close(self) -> None:
-        """End every publication (their segments are uploaded, or left for recovery)."""
+        """End every publication: recordings are completed in the spool, uploads get
+        ``shutdown_timeout`` to finish, and what is not stored by then is recovered by
+        the next start."""
         self._closed = True
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch_task
-        await asyncio.gather(
-            *(self.end_publication(p, "shutdown") for p in list(self._publications.values())),
-            *self._background,
-            return_exceptions=True,
-        )
+        ends = [self.end_publication(p, "shutdown") for p in list(self._publications.values())]
+        pending = {*ends, *self._background}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self._shutdown_timeout)
+            for task in late:
+                task.cancel()  # a cancelled upload keeps its spool file for recovery
+            await asyncio.gather(*late, return_exceptions=True)
         await self.spool.store.close()
 
     # Publications ----------------------------------------------------------------------
@@ -246,11 +271,25 @@ class Recorder:
 
         A participant publishes once at a time: an earlier publication of theirs (a page
         reloaded) ends first. Raises :class:`OfferError` for an offer we cannot record,
-        :class:`RecorderFullError` when the spool disk is full."""
-        if self._closed:
-            raise RecorderFullError("the recorder is shutting down")
-        for earlier in self._of_participant(grant.consultation_id, grant.participant_id):
-            await self.end_publication(earlier, "replaced")
+        :class:`RecorderFullError` when the spool disk is full,
+        :class:`RecorderUnavailableError` while shutting down or once the consultation's
+        protocol is being written."""
+        key = f"{grant.consultation_id}/{grant.participant_id}"
+        lock = self._publishing.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._publish(grant, offer_sdp)
+        finally:
+            if not lock.locked():
+                self._publishing.pop(key, None)
+
+    async def _publish(self, grant: PublishGrant, offer_sdp: str) -> Publication:
+        self._refuse_if_over(grant.consultation_id)
+        earlier = self._of_participant(grant.consultation_id, grant.participant_id)
+        for publication in earlier:
+            self.end_publication(publication, "replaced")
+        # Only the recording must be complete; its upload may wait for storage.
+        await asyncio.gather(*(p.closed.wait() for p in earlier))
         try:
             self.spool.check_free_space()
         except SpoolFullError as exc:
@@ -260,19 +299,26 @@ class Recorder:
         self._publications[publication.resource_id] = publication
         try:
             answer = await publication.session.accept(offer_sdp)
-        except SpoolFullError as exc:
+            self._refuse_if_over(grant.consultation_id)
+            if publication.record is not None:
+                await self.ledger.segment_opened(publication.record)
+        except BaseException as exc:
             self._publications.pop(publication.resource_id, None)
             await publication.session.close()
-            raise RecorderFullError(str(exc)) from None
-        except BaseException:
-            self._publications.pop(publication.resource_id, None)
-            await publication.session.close()
+            publication.closed.set()
             if publication.segment is not None:
-                await publication.segment.finish()
+                # Nothing was recorded yet: store nothing, keep no spool file behind.
+                await publication.segment.discard()
+            if isinstance(exc, SpoolFullError):
+                raise RecorderFullError(str(exc)) from None
             raise
-        if publication.record is not None:
-            await self.ledger.segment_opened(publication.record)
         return Publication(publication.resource_id, answer)
+
+    def _refuse_if_over(self, consultation_id: str) -> None:
+        if self._closed:
+            raise RecorderUnavailableError("the recorder is shutting down", shutting_down=True)
+        if consultation_id in self._finalized or consultation_id in self._finalizing:
+            raise RecorderUnavailableError("the consultation is over")
 
     async def unpublish(self, resource_id: str, participant_id: str) -> bool:
         """End a publication (WHIP ``DELETE``); False if there is none of that participant.
@@ -291,37 +337,24 @@ class Recorder:
         return None if publication is None else publication.grant
 
     async def enforce(self, consultation_id: str, allowed: Collection[str]) -> None:
-        """End every publication of the consultation whose participant is not ``allowed``."""
-        ends = [
-            self.end_publication(p, "not-allowed")
-            for p in list(self._publications.values())
-            if p.grant.consultation_id == consultation_id and p.grant.participant_id not in allowed
-        ]
-        await asyncio.gather(*ends)
+        """End every publication of the consultation whose participant is not ``allowed``;
+        returns once those recordings have stopped (uploads go on in the background)."""
+        ending = self._disallowed(consultation_id, allowed)
+        for publication in ending:
+            self.end_publication(publication, "not-allowed")
+        await asyncio.gather(*(p.closed.wait() for p in ending))
 
     def stop_disallowed(self, consultation_id: str, allowed: Collection[str]) -> None:
-        """Like :meth:`enforce`, without waiting for the segments to be stored."""
-        for publication in list(self._publications.values()):
-            if (
-                publication.grant.consultation_id == consultation_id
-                and publication.grant.participant_id not in allowed
-            ):
-                self.end_publication(publication, "not-allowed")
+        """Like :meth:`enforce`, without waiting."""
+        for publication in self._disallowed(consultation_id, allowed):
+            self.end_publication(publication, "not-allowed")
 
     def finish_later(self, consultation_id: str) -> None:
         """Start :meth:`finish_consultation` in the background (errors are logged, and
         the watch loop tries again)."""
-        task: asyncio.Task[object] = asyncio.create_task(
-            self._finish_logged(consultation_id), name=f"recorder finish {consultation_id}"
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _finish_logged(self, consultation_id: str) -> None:
-        try:
-            await self.finish_consultation(consultation_id)
-        except Exception:
-            log.exception("recorder: writing the protocol failed; will try again")
+        if consultation_id in self._finalized or consultation_id in self._finalizing:
+            return
+        self._spawn(self._finish_logged(consultation_id), f"recorder finish {consultation_id}")
 
     def publishing(self, consultation_id: str) -> frozenset[str]:
         """Participants of the consultation being recorded by this process now."""
@@ -333,29 +366,77 @@ class Recorder:
 
     # The end of a consultation ---------------------------------------------------------
 
-    async def finish_consultation(self, consultation_id: str) -> ObjectInfo:
+    async def finish_consultation(self, consultation_id: str) -> ObjectInfo | None:
         """End the consultation's publications, wait for their segments to be stored,
-        then write ``protocol.json`` and tell the ledger. Safe to call more than once."""
+        then write ``protocol.json`` and tell the ledger. Exactly once: a call for a
+        consultation whose protocol is already stored returns None."""
         lock = self._finalizing.setdefault(consultation_id, asyncio.Lock())
         async with lock:
-            await asyncio.gather(
-                *(
-                    self.end_publication(p, "consultation-ended")
-                    for p in list(self._publications.values())
-                    if p.grant.consultation_id == consultation_id
-                )
-            )
+            if consultation_id in self._finalized:
+                return None
+            ending = [
+                self.end_publication(p, "consultation-ended")
+                for p in list(self._publications.values())
+                if p.grant.consultation_id == consultation_id
+            ]
+            await asyncio.gather(*ending)
+            if await self.ledger.protocol_stored_already(consultation_id):
+                self._remember_finalized(consultation_id)
+                return None
             context = await self.ledger.protocol_context(consultation_id)
             document = build_protocol(context, self.spool.store.url, self.clock())
             info = await self.spool.store.put(
                 protocol_key(consultation_id), protocol_bytes(document), "application/json"
             )
             await self.ledger.protocol_stored(consultation_id, info)
-        if not lock.locked():
-            self._finalizing.pop(consultation_id, None)
-        return info
+            self._remember_finalized(consultation_id)
+            return info
+
+    def _remember_finalized(self, consultation_id: str) -> None:
+        self._finalized[consultation_id] = None
+        while len(self._finalized) > _FINALIZED_REMEMBERED:
+            self._finalized.popitem(last=False)
+        # The lock may go: later callers see the consultation as finalized first.
+        self._finalizing.pop(consultation_id, None)
 
     # Internals -------------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, object], name: str) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finish_logged(self, consultation_id: str) -> None:
+        try:
+            await self.finish_consultation(consultation_id)
+        except Exception:
+            log.exception("recorder: writing a protocol failed; will try again")
+
+    async def _recover(self) -> None:
+        try:
+            report = await self.spool.recover()
+            for recovered in report.recovered:
+                await self.ledger.segment_recovered(
+                    recovered.key, recovered.object, recovered.interrupted
+                )
+            for failed in report.failed:
+                log.error("recorder: a spooled segment is not recovered yet: %s", failed.error)
+            # Keys still in the spool (failed or busy) are not lost: keep them recording.
+            kept = [f.key for f in report.failed if f.key] + [
+                p.record.object_key for p in self._publications.values() if p.record
+            ]
+            kept += [unquote(path.name.removesuffix(".spool")) for path in report.busy]
+            await self.ledger.segments_abandoned(kept)
+            await self._finalize_pending()
+        except Exception:
+            log.exception("recorder: recovery failed; the next start tries again")
+
+    def _disallowed(self, consultation_id: str, allowed: Collection[str]) -> list[_Publication]:
+        return [
+            p
+            for p in list(self._publications.values())
+            if p.grant.consultation_id == consultation_id and p.grant.participant_id not in allowed
+        ]
 
     def _of_participant(self, consultation_id: str, participant_id: str) -> list[_Publication]:
         return [
@@ -375,20 +456,21 @@ class Recorder:
         return publication.ended
 
     async def _finish(self, publication: _Publication, reason: str) -> None:
+        stats: RecordingStats | None = None
         try:
-            try:
-                stats = await publication.session.close()
-            finally:
-                publication.closed.set()
-            await self._store_segment(publication, stats, reason)
+            stats = await publication.session.close()
         except Exception:
-            log.exception("recorder: ending a publication failed")
+            log.exception("recorder: closing a publication failed; storing what was written")
+        finally:
+            publication.closed.set()
+        try:
+            await self._store_segment(publication, stats)
+        except Exception:
+            log.exception("recorder: storing a segment failed; it stays in the spool")
         finally:
             self._publications.pop(publication.resource_id, None)
 
-    async def _store_segment(
-        self, publication: _Publication, stats: RecordingStats | None, reason: str
-    ) -> None:
+    async def _store_segment(self, publication: _Publication, stats: RecordingStats | None) -> None:
         segment, record = publication.segment, publication.record
         if segment is None or record is None:
             return  # the session never got as far as a file
@@ -397,12 +479,13 @@ class Recorder:
             async with asyncio.timeout(self._finish_timeout):
                 info = await segment.finish()
         except TimeoutError:
-            log.warning("recorder: storage too slow, %s stays in the spool", record.object_key)
+            log.warning("recorder: storage too slow, a segment stays in the spool")
             return
         written = stats is not None and stats.header_written
         final = replace(
             record,
             status="final" if written else "failed",
+            started_at=publication.first_frame_at or record.started_at,
             ended_at=self.clock(),
             duration_ms=round(stats.duration_seconds * 1000) if stats is not None else None,
             size_bytes=info.size,
@@ -428,22 +511,22 @@ class Recorder:
                 log.exception("recorder: permission check failed")
 
     async def _check_permissions(self) -> None:
-        ids = {p.grant.consultation_id for p in self._publications.values()}
+        """Never waits for storage: stopping a withdrawn participant must not depend on it."""
+        ids = {p.grant.consultation_id for p in self._publications.values() if not p.end_reason}
         if not ids:
             return
         allowed = await self.ledger.allowed_publishers(ids)
         for consultation_id in ids:
             if consultation_id not in allowed:
-                await self.finish_consultation(consultation_id)
+                self.finish_later(consultation_id)
             else:
-                await self.enforce(consultation_id, allowed[consultation_id])
+                self.stop_disallowed(consultation_id, allowed[consultation_id])
 
     async def _finalize_pending(self) -> None:
         for consultation_id in await self.ledger.consultations_to_finalize():
-            lock = self._finalizing.get(consultation_id)
-            if lock is not None and lock.locked():
-                continue  # being finalized right now
-            try:
-                await self.finish_consultation(consultation_id)
-            except Exception:
-                log.exception("recorder: writing a protocol failed; will try again")
+            self.finish_later(consultation_id)
+
+
+# How many finalized consultations a recorder remembers (to refuse late publications
+# and skip repeated finalizations without asking the database).
+_FINALIZED_REMEMBERED = 10_000

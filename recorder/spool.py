@@ -369,8 +369,9 @@ class Spool:
             async with limit:
                 await self._recover_one(path, deadline, report)
 
-        paths = [p for p in sorted(self.directory.glob("*" + SPOOL_SUFFIX))
-                 if not p.name.startswith(".")]
+        paths = [
+            p for p in sorted(self.directory.glob("*" + SPOOL_SUFFIX)) if not p.name.startswith(".")
+        ]
         await asyncio.gather(*(one(path) for path in paths))
         return report
 
@@ -386,8 +387,14 @@ class Spool:
             state, read_fd, hasher, without_state = resumed
             key = state.key
             segment = SpoolSegment(
-                self, path, state, read_fd, file=None, hasher=hasher,
-                recovering=True, without_state=without_state,
+                self,
+                path,
+                state,
+                read_fd,
+                file=None,
+                hasher=hasher,
+                recovering=True,
+                without_state=without_state,
             )
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             async with asyncio.timeout(remaining):
@@ -602,6 +609,19 @@ class SpoolSegment:
         await self._stop()
         self._release()
 
+    async def discard(self) -> None:
+        """Give the segment up: nothing in it is to be kept (e.g. the publication was
+        refused before any frame). Aborts an upload begun, deletes spool and state."""
+        self.close()
+        await self._stop()
+        upload = self._state.upload
+        if upload is not None:
+            with contextlib.suppress(StorageError):
+                await self.spool.store.abort_upload(upload)
+        self._release()
+        self._state_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
     def _start(self) -> asyncio.Task[ObjectInfo]:
         task = self._loop.create_task(self._run(), name=f"spool upload {self.key}")
         task.add_done_callback(_log_failure)
@@ -755,8 +775,13 @@ class SpoolSegment:
                 self._failed_attempts += 1
                 self._last_error = str(error)
                 level = logging.WARNING if failures == 1 or failures % 20 == 0 else logging.DEBUG
-                log.log(level, "spool: storage unavailable for %s (attempt %d): %s",
-                        self.key, failures, error)
+                log.log(
+                    level,
+                    "spool: storage unavailable for %s (attempt %d): %s",
+                    self.key,
+                    failures,
+                    error,
+                )
                 await asyncio.sleep(self.spool.retry.delay(failures))
                 continue
             if failures:
@@ -770,9 +795,7 @@ class SpoolSegment:
             if self._discarded:
                 return  # finished: a state file now would outlive its segment
             try:
-                await asyncio.to_thread(
-                    atomic_write_json, self._state_path, self._state.to_dict()
-                )
+                await asyncio.to_thread(atomic_write_json, self._state_path, self._state.to_dict())
             except OSError as error:
                 # A full spool disk must not stop the upload of what it already holds. An
                 # older state is still safe: recovery re-uploads what it does not list.

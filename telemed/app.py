@@ -77,15 +77,15 @@ def _origin(url: str | None) -> str:
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
+    await services.card_publisher.close()
     await services.engine.dispose()
 
 
 async def _recorder_lifetime(app: web.Application) -> AsyncIterator[None]:
     recorder = app[SERVICES].recorder
     assert recorder is not None
-    # Recovery first: what a crash left in the spool is uploaded before new recordings.
-    report = await recorder.start()
-    for recovered in report.recovered:
-        log.info("recovered a recording segment (%s bytes)", recovered.object.size)
+    # Recovery of what a crash left in the spool runs in the background: a storage
+    # outage at start must not keep the service down.
+    await recorder.start()
     yield
     await recorder.close()

@@ -10,10 +10,12 @@ from aiohttp import web
 from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from emr_bridge import FhirRepository
+from emr_bridge import CardBridge, FhirRepository
 from emr_bridge.audit import LoggingCardAuditSink
 from recorder import Recorder, Spool, open_store
 from signaling import ConsultationNamespace, RecordingState
+from telemed.consultations.card import CardPublisher
+from telemed.consultations.clinical import ClinicalService, Icd10Index
 from telemed.consultations.recordings import RecordingService
 from telemed.consultations.service import ConsultationService
 from telemed.db import create_engine, session_factory
@@ -36,8 +38,10 @@ class Services:
     accounts: AccountService
     consultations: ConsultationService
     recordings: RecordingService
-    # The patient's card (FHIR R4 store).
+    clinical: ClinicalService
+    # The patient's card (FHIR R4 store), and what writes consultations into it.
     card: FhirRepository
+    card_publisher: CardPublisher
     sio: socketio.AsyncServer
     namespace: ConsultationNamespace
     # None when TELEMED_RECORDING is off.
@@ -78,13 +82,24 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
     )
     namespace = ConsultationNamespace(consultations, settings.signaling)
     sio.register_namespace(namespace)
-    recordings = RecordingService(sessions, tokens)
+    recordings = RecordingService(sessions, tokens, settings.reconnect_grace_seconds)
     recordings.add_notifier(namespace.tell)
     if recorder is None:
         recorder = settings.recording and not settings.recorder_is_separate
     built = build_recorder(settings, recordings) if recorder else None
     if built is not None:
         consultations.add_recording_listener(_recorder_follows(built))
+    clinical = ClinicalService(sessions, Icd10Index.who())
+    card = FhirRepository(engine, LoggingCardAuditSink())
+    storage_url_of = open_store(settings.storage).url if settings.recording else str
+    card_publisher = CardPublisher(
+        sessions,
+        CardBridge(card),
+        clinical,
+        storage_url_of,
+        recording_on=settings.recording,
+    )
+    _card_follows(card_publisher, consultations, recordings, clinical, settings.recording)
     return Services(
         settings=settings,
         engine=engine,
@@ -93,7 +108,9 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         accounts=AccountService(sessions, tokens, settings.access_token_ttl_seconds),
         consultations=consultations,
         recordings=recordings,
-        card=FhirRepository(engine, LoggingCardAuditSink()),
+        clinical=clinical,
+        card=card,
+        card_publisher=card_publisher,
         sio=sio,
         namespace=namespace,
         recorder=built,
@@ -123,3 +140,29 @@ def _recorder_follows(recorder: Recorder) -> Callable[[str, RecordingState, bool
         recorder.stop_disallowed(consultation_id, allowed)
 
     return follow
+
+
+def _card_follows(
+    publisher: CardPublisher,
+    consultations: ConsultationService,
+    recordings: RecordingService,
+    clinical: ClinicalService,
+    recording_on: bool,
+) -> None:
+    """The card is written when a consultation is over for good (its recording final,
+    where recording is on), and again whenever the doctor finalizes something later."""
+
+    async def recording_final(consultation_id: str) -> None:
+        publisher.publish_later(consultation_id)
+
+    async def finalized(consultation_id: str, what: str) -> None:
+        publisher.publish_later(consultation_id)
+
+    async def ended(consultation_id: str, state: RecordingState, over: bool) -> None:
+        if over:
+            publisher.publish_later(consultation_id)
+
+    recordings.add_final_listener(recording_final)
+    clinical.add_finalized_listener(finalized)
+    if not recording_on:
+        consultations.add_recording_listener(ended)

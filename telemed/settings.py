@@ -268,7 +268,10 @@ class Settings(BaseSettings):
             ),
             rate_per_second=self.signaling_rate_per_second,
             burst=self.signaling_burst,
-            whip_base_url=self.recorder_url or self.effective_public_url,
+            # No recorder, no consent to ask: pages hide it when there is nowhere to publish.
+            whip_base_url=(self.recorder_url or self.effective_public_url)
+            if self.recording
+            else None,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -170,3 +171,4 @@ class S3Server:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+        shutil.rmtree(self._log.parent, ignore_errors=True)

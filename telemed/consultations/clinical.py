@@ -558,6 +558,10 @@ class ClinicalService:
     def add_finalized_listener(self, listener: FinalizedListener) -> None:
         self._listeners.append(listener)
 
+    def set_strong_authentication(self, rule: StrongAuthCheck) -> None:
+        """Use ``rule`` before every finalization (the identity issue's step-up check)."""
+        self._require_strong_authentication = rule
+
     # The whole workspace -------------------------------------------------------------
 
     async def workspace(self, claims: AccessClaims, consultation_id: str) -> ClinicalWorkspace:

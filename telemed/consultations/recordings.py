@@ -9,7 +9,7 @@ and reports every segment back into the same database, with a timeline event eac
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -26,6 +26,7 @@ from recorder import (
 )
 from telemed.consultations.events import EventKind
 from telemed.consultations.models import Consultation, Participant, RecordingSegment
+from telemed.consultations.service import in_the_call
 from telemed.consultations.state import ConsultationState
 from telemed.consultations.store import ConsultationStore
 from telemed.identity.tokens import TokenError, TokenService
@@ -52,10 +53,12 @@ class RecordingService:
         self,
         sessions: async_sessionmaker[AsyncSession],
         tokens: TokenService,
+        reconnect_grace_seconds: int,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._sessions = sessions
         self._tokens = tokens
+        self._grace = timedelta(seconds=reconnect_grace_seconds)
         self._clock = clock
         self._store = ConsultationStore()
         self._final_listeners: list[FinalListener] = []
@@ -95,6 +98,8 @@ class RecordingService:
             )
         if participant.recording_consent != "accepted":
             raise Conflict("you have not consented to recording", code="no-consent")
+        if not in_the_call(participant, self._clock(), self._grace):
+            raise Conflict("you are not in the call", code="not-in-call")
         return PublishGrant(consultation_id=consultation_id, participant_id=participant.id)
 
     async def allowed_publishers(
@@ -116,6 +121,7 @@ class RecordingService:
                 )
             ).all()
         allowed: dict[str, frozenset[str]] = {}
+        now = self._clock()
         for consultation in consultations:
             if ConsultationState(consultation.state).is_over:
                 continue
@@ -125,8 +131,7 @@ class RecordingService:
                 if consultation.recording
                 and p.consultation_id == consultation.id
                 and p.recording_consent == "accepted"
-                and p.admitted
-                and p.online
+                and in_the_call(p, now, self._grace)
             )
         return allowed
 
@@ -279,6 +284,13 @@ class RecordingService:
                 ProtocolEvent(e.at, e.kind, e.participant_id, e.text, e.data) for e in events
             ],
         )
+
+    async def protocol_stored_already(self, consultation_id: str) -> bool:
+        async with self._sessions() as session:
+            final_at = await session.scalar(
+                select(Consultation.recording_final_at).where(Consultation.id == consultation_id)
+            )
+        return final_at is not None
 
     async def protocol_stored(self, consultation_id: str, info: ObjectInfo) -> None:
         now = self._clock()

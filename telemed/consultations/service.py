@@ -279,6 +279,9 @@ class ConsultationService:
             else:
                 participant.admitted = False
                 participant.waiting_since = now
+                # A return after the grace period asks for consent again.
+                participant.recording_consent = None
+                participant.consent_at = None
                 self._store.record(session, consultation.id, EventKind.JOINED, now, participant.id)
             participant.online = True
             participant.instance = instance
@@ -394,6 +397,9 @@ class ConsultationService:
             participant.online = False
             participant.instance = None
             participant.disconnected_at = now
+            # Whoever comes back later through the lobby is asked again.
+            participant.recording_consent = None
+            participant.consent_at = None
             self._store.record(
                 session,
                 member.consultation_id,
@@ -452,8 +458,10 @@ class ConsultationService:
                 participant.online = False
                 participant.admitted = False
             recording, _ = await self._refresh_recording(session, consultation, now)
+            finished = ConsultationState(consultation.state) is ConsultationState.FINISHED
+        # A cancelled consultation (nobody was ever admitted) recorded nothing.
         for listener in self._recording_listeners:
-            await listener(by.consultation_id, recording, True)
+            await listener(by.consultation_id, recording, finished)
 
     async def consent(self, member: Member, accepted: bool, address: str | None) -> RecordingState:
         choice: ConsentChoice = "accepted" if accepted else "declined"
@@ -485,7 +493,7 @@ class ConsultationService:
         async with self._sessions() as session:
             consultation = await self._consultation(session, consultation_id)
             participants = await self._store.participants(session, consultation_id)
-        return _recording_state(consultation, participants)
+        return _recording_state(consultation, participants, self._clock(), self._grace)
 
     async def _refresh_recording(
         self, session: AsyncSession, consultation: Consultation, now: datetime
@@ -493,7 +501,7 @@ class ConsultationService:
         """Recording runs while the call is on and everyone in it has accepted; flips
         ``consultation.recording`` (with a timeline event) when that changes."""
         participants = await self._store.participants(session, consultation.id)
-        present = [p for p in participants if p.admitted and p.online]
+        present = [p for p in participants if in_the_call(p, now, self._grace)]
         active = (
             ConsultationState(consultation.state) is ConsultationState.IN_PROGRESS
             and bool(present)
@@ -509,7 +517,7 @@ class ConsultationService:
                 now,
                 data={"participants": [p.id for p in present]},
             )
-        return _recording_state(consultation, participants), changed
+        return _recording_state(consultation, participants, now, self._grace), changed
 
     async def _tell_recording(self, consultation_id: str, state: RecordingState) -> None:
         for listener in self._recording_listeners:
@@ -581,13 +589,24 @@ def _peer(participant: Participant) -> Peer:
     )
 
 
+def in_the_call(participant: Participant, now: datetime, grace: timedelta) -> bool:
+    """Admitted and connected, or dropped so recently that they may still be talking:
+    the media of a call outlives a signaling reconnect, so presence must too."""
+    if not participant.admitted:
+        return False
+    if participant.online:
+        return True
+    dropped = participant.disconnected_at
+    return dropped is not None and now - dropped <= grace
+
+
 def _recording_state(
-    consultation: Consultation, participants: Sequence[Participant]
+    consultation: Consultation, participants: Sequence[Participant], now: datetime, grace: timedelta
 ) -> RecordingState:
     consents = tuple(
         (p.id, _consent_choice(p.recording_consent))
         for p in participants
-        if p.admitted and p.online
+        if in_the_call(p, now, grace)
     )
     return RecordingState(active=consultation.recording, consents=consents)
 

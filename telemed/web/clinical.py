@@ -33,13 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from telemed.consultations.clinical import (
     ClinicalService,
     DiagnosisInput,
-    Icd10Index,
     NoteText,
     PrescriptionInput,
     ReferralInput,
     StaleVersion,
     StrongAuthCheck,
-    strong_authentication_not_enforced_yet,
 )
 from telemed.identity.tokens import AccessClaims
 from telemed.problems import BadRequest
@@ -305,20 +303,18 @@ async def search_icd10(request: web.Request) -> web.Response:
 
 
 def setup(
-    app: web.Application,
-    require_strong_authentication: StrongAuthCheck = strong_authentication_not_enforced_yet,
+    app: web.Application, require_strong_authentication: StrongAuthCheck | None = None
 ) -> ClinicalService:
-    """Build the ICD-10 index and the service (under :data:`CLINICAL`) and add the
-    routes. ``require_strong_authentication`` runs before every finalization: the
-    identity issue passes its step-up rule here. A second call changes nothing and
-    returns the service already there (tests may call it on an app that has it)."""
+    """Add the routes over the application's clinical service (kept under
+    :data:`CLINICAL` too). ``require_strong_authentication`` runs before every
+    finalization: the identity issue passes its step-up rule here. A second call changes
+    nothing and returns the service already there (tests may call it on an app that
+    has it)."""
     if CLINICAL in app:
         return app[CLINICAL]
-    service = ClinicalService(
-        app[SERVICES].sessions,
-        Icd10Index.who(),
-        require_strong_authentication=require_strong_authentication,
-    )
+    service = app[SERVICES].clinical
+    if require_strong_authentication is not None:
+        service.set_strong_authentication(require_strong_authentication)
     app[CLINICAL] = service
     base = f"/api/v1/consultations/{{consultation_id:{ID}}}"
     item = f"{{item_id:{ID}}}"

@@ -17,11 +17,20 @@ SDP we cannot record, 415 for another content type, 507 when the spool disk is f
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from aiohttp import web
 
-from recorder import OfferError, RecorderFullError
+from recorder import OfferError, RecorderFullError, RecorderUnavailableError
 from telemed.identity.tokens import TokenError
-from telemed.problems import BadRequest, Conflict, NotFound, Problem, Unauthorized
+from telemed.problems import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    Problem,
+    Unauthorized,
+    problem_response,
+)
 from telemed.services import SERVICES, Services
 
 MAX_OFFER_BYTES = 64 * 1024
@@ -32,6 +41,12 @@ class InsufficientStorage(Problem):
     status = 507
     default_code = "storage-full"
     title = "Insufficient storage"
+
+
+class ServiceUnavailable(Problem):
+    status = 503
+    default_code = "recorder-unavailable"
+    title = "Service unavailable"
 
 
 def _services(request: web.Request) -> Services:
@@ -81,6 +96,10 @@ async def publish(request: web.Request) -> web.StreamResponse:
         raise BadRequest(str(exc), code="invalid-sdp") from None
     except RecorderFullError as exc:
         raise InsufficientStorage(str(exc)) from None
+    except RecorderUnavailableError as exc:
+        if exc.shutting_down:
+            raise ServiceUnavailable(str(exc)) from None
+        raise Conflict(str(exc), code="consultation-over") from None
     location = f"/whip/{consultation_id}/{publication.resource_id}"
     response = web.Response(
         status=201,
@@ -126,11 +145,29 @@ async def preflight(request: web.Request) -> web.StreamResponse:
     return _cors(request, response)
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _readable_cross_origin(handler: Handler) -> Handler:
+    """Refusals carry the CORS headers too: a page on the public URL must read them."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Problem as problem:
+            response: web.StreamResponse = problem_response(problem, request.path)
+            if problem.status == 503:
+                response.headers["Retry-After"] = "5"
+            return _cors(request, response)
+
+    return wrapped
+
+
 def setup(app: web.Application) -> None:
     endpoint = f"/whip/{{consultation_id:{ID_PATTERN}}}"
     resource = f"{endpoint}/{{session_id:[0-9a-f]{{32}}}}"
-    app.router.add_post(endpoint, publish)
+    app.router.add_post(endpoint, _readable_cross_origin(publish))
     app.router.add_route("OPTIONS", endpoint, preflight)
-    app.router.add_delete(resource, end_session)
+    app.router.add_delete(resource, _readable_cross_origin(end_session))
     app.router.add_route("PATCH", resource, session_method_not_allowed)
     app.router.add_route("OPTIONS", resource, preflight)

@@ -124,3 +124,21 @@ async def test_a_waiting_patient_is_not_asked_and_bad_consent_is_refused(
     for bad in ({"accepted": "yes"}, {}, {"accepted": True, "extra": 1}):
         answer = await doctor.call("consent", bad)
         assert answer["code"] == "invalid_message", bad
+
+
+async def test_a_participant_who_hangs_up_and_comes_back_is_asked_again(
+    app: RunningApp, peers: Callable[[], Peer]
+) -> None:
+    _demo, doctor, patient = await in_call(app, peers)
+    await doctor.call("consent", {"accepted": True})
+    assert (await patient.call("consent", {"accepted": True}))["recording"]["active"]
+
+    await patient.call("leave")
+    lobby = await patient.join("pat-again")
+    assert lobby["status"] == "lobby"
+    await doctor.call("admit", {"participant_id": lobby["participant_id"]})
+    back = await patient.join("pat-again")
+
+    assert back["status"] == "admitted"
+    assert back["recording"]["active"] is False
+    assert back["recording"]["consents"][lobby["participant_id"]] is None

@@ -187,9 +187,13 @@ async def test_a_recorder_killed_mid_call_uploads_what_it_had_on_restart(
         await patient.close()
     assert await asyncio.to_thread(stored.object, opened.object_key) is None
 
-    await asyncio.to_thread(telemed.start)  # recovery runs before it serves
+    await asyncio.to_thread(telemed.start)  # recovery runs in the background
 
-    (segment,) = await stored.segments(demo["consultation_id"])
+    async def recovered() -> list[SegmentRecord] | None:
+        segments = await stored.segments(demo["consultation_id"])
+        return segments if segments[0].status != "recording" else None
+
+    (segment,) = await until(recovered)
     assert segment.status == "interrupted"
     data = await asyncio.to_thread(stored.object, segment.object_key)
     assert data is not None

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from telemed.consultations.models import Consultation
 from tests.calls import in_call, offer_from, patient_id, recording_call, until
 from tests.conftest import RunningApp
 from tests.peers import Peer
@@ -92,6 +93,14 @@ async def test_a_published_stream_is_stored_playable_and_named_in_the_protocol(
     assert decoded.errors == []
     assert decoded.stream("video").decoded_frames > 0
     assert decoded.stream("audio").decoded_frames > 0
+
+    # Written once: finishing again changes nothing, and the database names these bytes.
+    assert await app.services.recorder.finish_consultation(demo.consultation_id) is None
+    stored = await store.get(f"consultations/{demo.consultation_id}/protocol.json")
+    async with app.services.sessions() as session:
+        consultation = await session.get(Consultation, demo.consultation_id)
+    assert consultation is not None
+    assert consultation.protocol_sha256 == hashlib.sha256(stored).hexdigest()
 
 
 async def test_whip_refusals_are_problems_with_the_right_status(

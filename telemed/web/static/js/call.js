@@ -243,6 +243,7 @@ export class CallSession extends EventTarget {
   /** @type {{state: string, reason: string|null}} */
   #state = { state: "idle", reason: null };
   #seenChat = new Set();
+  #closed = false;
   /** @type {{active: boolean, consents: Object<string, string|null>}} */
   #recording = { active: false, consents: {} };
   /** Where this participant publishes its tracks while recording (WHIP), from the join. */
@@ -403,6 +404,14 @@ export class CallSession extends EventTarget {
     stopStream(this.#localStream);
     this.#socket?.off();
     this.#socket?.disconnect();
+    this.#closed = true;
+    // Listeners (the recording, say) must let go of this session now.
+    this.#dispatch("closed", {});
+  }
+
+  /** True once {@link CallSession#close} was called: the page left this call. */
+  get closed() {
+    return this.#closed;
   }
 
   // Socket lifecycle ------------------------------------------------------------------

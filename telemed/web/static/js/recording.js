@@ -68,9 +68,14 @@ export class WhipPublisher {
       }
       if (response.status !== 201) throw await problemError(response);
       const location = response.headers.get("Location");
-      this.#resource = location ? new URL(location, this.endpoint).href : null;
+      const resource = location ? new URL(location, this.endpoint).href : null;
       const answer = await response.text();
-      if (this.#pc !== pc) return; // stopped meanwhile
+      if (this.#pc !== pc) {
+        // Stopped while the server answered: end the session it just opened.
+        if (resource) this.#delete(resource);
+        return;
+      }
+      this.#resource = resource;
       await pc.setRemoteDescription({ type: "answer", sdp: answer });
     } catch (error) {
       if (this.#pc === pc) await this.stop();
@@ -85,7 +90,10 @@ export class WhipPublisher {
     this.#pc = null;
     this.#resource = null;
     pc?.close();
-    if (!resource) return;
+    if (resource) await this.#delete(resource);
+  }
+
+  async #delete(resource) {
     try {
       await fetch(resource, {
         method: "DELETE",
@@ -141,8 +149,6 @@ export class RecordingControl {
   #session = null;
   /** @type {WhipPublisher|null} */
   #publisher = null;
-  /** @type {MediaStream|null} clones of our tracks, owned by the recording */
-  #copy = null;
   #retryTimer = null;
   #busy = false;
   /** The server stopped our recording (e.g. its disk is full): no retries until the
@@ -165,7 +171,14 @@ export class RecordingControl {
 
   /** Follow this session (a new page session replaces the old one). */
   attach(session) {
+    this.#stopPublishing();
+    this.#halted = false;
     this.#session = session;
+    session.addEventListener("closed", () => {
+      if (this.#session !== session) return;
+      this.#session = null;
+      this.#update();
+    });
     session.addEventListener("recording", () => {
       this.#halted = false;
       this.#update();
@@ -198,7 +211,8 @@ export class RecordingControl {
 
   #inCall() {
     const session = this.#session;
-    return Boolean(session?.admitted) && !["ended", "idle"].includes(session.state.state);
+    if (!session || session.closed || !session.whipUrl) return false;
+    return session.admitted && !["ended", "idle"].includes(session.state.state);
   }
 
   #update() {
@@ -245,12 +259,13 @@ export class RecordingControl {
     if (!stream || stream.getTracks().length === 0) return; // nothing of ours to record
     const publisher = new WhipPublisher(session.whipUrl, session.ticket);
     this.#publisher = publisher;
-    // The call keeps its own tracks; the recording gets clones it can stop on its own.
-    const copy = new MediaStream(stream.getTracks().map((track) => track.clone()));
+    // The very tracks of the call: muting the microphone or turning the camera off
+    // mutes the recording too. Stopping the recording never stops them.
     const onState = (state) => {
-      if (state === "failed" && this.#publisher === publisher) this.#retryLater();
+      const gone = state === "failed" || state === "closed" || state === "disconnected";
+      if (gone && this.#publisher === publisher) this.#retryLater();
     };
-    publisher.publish(copy, session.iceServers, onState).catch((error) => {
+    publisher.publish(stream, session.iceServers, onState).catch((error) => {
       if (this.#publisher !== publisher) return;
       toastCode(error.code ?? "recording_failed", error.message);
       if (error.code === "storage_full") {
@@ -260,7 +275,6 @@ export class RecordingControl {
       }
       this.#retryLater();
     });
-    this.#copy = copy;
   }
 
   #retryLater() {
@@ -275,9 +289,5 @@ export class RecordingControl {
     const publisher = this.#publisher;
     this.#publisher = null;
     if (publisher) publisher.stop();
-    if (this.#copy) {
-      for (const track of this.#copy.getTracks()) track.stop();
-      this.#copy = null;
-    }
   }
 }

@@ -1,0 +1,126 @@
+"""A finished consultation lands in the patient's card: the session, the protocol, the
+consent, the doctor's note and diagnoses; a prescription signed after the call joins it
+later; the patient reads all of it over FHIR, and nothing is written twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from telemed.consultations.models import Consultation
+from tests.calls import in_call, until
+from tests.conftest import RunningApp
+from tests.peers import Peer
+
+FHIR = "application/fhir+json"
+PRESCRIPTION: dict[str, Any] = {
+    "inn": "Парацетамол",
+    "form": "tablet",
+    "dose_value": 500,
+    "dose_unit": "mg",
+    "route": "oral",
+    "times_per_day": 3,
+    "duration_days": 5,
+    "quantity": 1,
+    "quantity_unit": "package",
+    "valid_days": 60,
+}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def request(
+    http: aiohttp.ClientSession, method: str, url: str, token: str, body: Any = None
+) -> Any:
+    async with http.request(
+        method, url, json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status < 300, await response.text()
+        return await response.json(content_type=None)
+
+
+async def patient_token(http: aiohttp.ClientSession, app: RunningApp) -> str:
+    async with http.post(
+        f"{app.url}/api/v1/login", json={"username": "patient", "password": "demo"}
+    ) as response:
+        assert response.status == 200
+        token: str = (await response.json())["access_token"]
+        return token
+
+
+async def card_search(
+    http: aiohttp.ClientSession, app: RunningApp, token: str, query: str
+) -> list[dict[str, Any]]:
+    bundle = await request(http, "GET", f"{app.url}/fhir/{query}", token)
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+async def test_a_finished_consultation_is_written_into_the_patients_card(
+    app: RunningApp, peers: Callable[[], Peer], http: aiohttp.ClientSession
+) -> None:
+    demo, doctor, patient = await in_call(app, peers)
+    await doctor.call("consent", {"accepted": True})
+    await patient.call("consent", {"accepted": True})
+    clinical = f"{app.url}/api/v1/consultations/{demo.consultation_id}"
+    token = demo.doctor_access_token
+    note = await request(
+        http,
+        "PUT",
+        f"{clinical}/note",
+        token,
+        {"complaints": "Кашель три дня", "conclusion": "ОРВИ", "version": 0},
+    )
+    await request(http, "POST", f"{clinical}/diagnoses", token, {"code": "J06.9", "primary": True})
+    await request(http, "POST", f"{clinical}/note/finalize", token, {"version": note["version"]})
+    await doctor.call("end")
+
+    async with app.services.sessions() as session:
+        consultation = await session.get(Consultation, demo.consultation_id)
+        assert consultation is not None
+        session_id = consultation.session_id
+    reader = await patient_token(http, app)
+    query = f"Encounter?identifier=urn:telemed:session|{session_id}"
+
+    async def encounter_written() -> list[dict[str, Any]]:
+        return await card_search(http, app, reader, query)
+
+    (encounter,) = await until(encounter_written)
+    assert encounter["class"]["code"] == "VR"
+    assert encounter["status"] == "finished"
+
+    everything = await card_search(http, app, reader, f"Patient/{demo.patient_id}/$everything")
+    kinds = sorted(resource["resourceType"] for resource in everything)
+    for kind in ("Composition", "Condition", "Consent", "DocumentReference", "Encounter"):
+        assert kind in kinds, kind
+    (condition,) = [r for r in everything if r["resourceType"] == "Condition"]
+    assert condition["code"]["coding"][0]["code"] == "J06.9"
+    (protocol,) = [r for r in everything if r["resourceType"] == "DocumentReference"]
+    assert protocol["content"][0]["attachment"]["contentType"] == "application/json"
+
+    # Signed after the call: the card gains the prescription and nothing else changes.
+    before = len(everything)
+    draft = await request(http, "POST", f"{clinical}/prescriptions", token, PRESCRIPTION)
+    await request(
+        http,
+        "POST",
+        f"{clinical}/prescriptions/{draft['id']}/finalize",
+        token,
+        {"version": draft["version"]},
+    )
+
+    async def prescribed() -> list[dict[str, Any]]:
+        return await card_search(http, app, reader, f"MedicationRequest?patient={demo.patient_id}")
+
+    (medication,) = await until(prescribed)
+    assert (medication["status"], medication["intent"]) == ("active", "order")
+    await asyncio.sleep(0.5)
+    after = await card_search(http, app, reader, f"Patient/{demo.patient_id}/$everything")
+    assert len(after) == before + 1
