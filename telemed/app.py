@@ -40,6 +40,8 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     app.cleanup_ctx.append(_engine_lifetime)
     if services.recorder is not None:
         app.cleanup_ctx.append(_recorder_lifetime)
+    if services.card_upstream is not None:
+        app.cleanup_ctx.append(_card_upstream_lifetime)
     services.sio.attach(app)
     routes.setup(app, vendor_dir())
     whip.setup(app)
@@ -89,3 +91,10 @@ async def _recorder_lifetime(app: web.Application) -> AsyncIterator[None]:
     await recorder.start()
     yield
     await recorder.close()
+
+
+async def _card_upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
+    upstream = app[SERVICES].card_upstream
+    assert upstream is not None
+    async with upstream.running():
+        yield

@@ -1,4 +1,4 @@
-"""``telemed``: serve, recorder, demo, db upgrade."""
+"""``telemed``: serve, recorder, demo, card, db upgrade."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from typing import Any
 
 from aiohttp import web
 
+from emr_bridge import list_dead_letters, outbox_counts, retry_dead_letter
 from telemed.app import create_app, create_recorder_app
 from telemed.db import pending_migrations, upgrade
 from telemed.demo import DemoConsultation, demo_consultation
 from telemed.services import Services, build_services
 from telemed.settings import Settings, SettingsError, load_settings
+from telemed.web.fhir import CARD_CLIENT_ROLE
 
 log = logging.getLogger("telemed")
 
@@ -79,6 +81,24 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="create a fresh demo consultation and print its links")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(handler=_demo)
+
+    card = commands.add_parser("card", help="the patient's card: its delivery upstream")
+    card_commands = card.add_subparsers(dest="card_command", required=True)
+    client_token = card_commands.add_parser(
+        "client-token",
+        help="print a token another telemed uses as TELEMED_FHIR_UPSTREAM_TOKEN "
+        "to deliver its consultations into this card",
+    )
+    client_token.add_argument("--name", required=True, help="who the token is for")
+    client_token.add_argument(
+        "--days", type=int, default=365, help="how long it is valid (default 365)"
+    )
+    client_token.set_defaults(handler=_card_client_token)
+    outbox = card_commands.add_parser(
+        "outbox", help="the delivery queue: counts and dead letters (no medical data)"
+    )
+    outbox.add_argument("--retry", type=int, metavar="ID", help="queue a dead letter again")
+    outbox.set_defaults(handler=_card_outbox)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -159,6 +179,46 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         if key not in ("doctor_username", "doctor_password")
     }
     print(json.dumps(fields, ensure_ascii=False) if args.json else _for_people(links))
+    return 0
+
+
+async def _card_client_token(settings: Settings, args: argparse.Namespace) -> int:
+    if not 1 <= args.days <= 3650:
+        raise CommandError("--days must be between 1 and 3650")
+    if not args.name.strip():
+        raise CommandError("--name must not be empty")
+    services = build_services(settings, recorder=False)
+    try:
+        token = services.tokens.issue_access(
+            user_id=f"card-client:{args.name.strip()}",
+            role=CARD_CLIENT_ROLE,
+            clinic_id="",
+            ttl_seconds=args.days * 86400,
+        )
+    finally:
+        await services.engine.dispose()
+    print(token)
+    return 0
+
+
+async def _card_outbox(settings: Settings, args: argparse.Namespace) -> int:
+    services = await _ready_services(settings)
+    engine = services.engine
+    try:
+        if args.retry is not None:
+            if not await retry_dead_letter(engine, args.retry):
+                raise CommandError(f"no dead letter {args.retry}")
+            print(f"dead letter {args.retry} is queued again")
+            return 0
+        counts = await outbox_counts(engine)
+        print(", ".join(f"{name}: {count}" for name, count in counts.items()))
+        for message in await list_dead_letters(engine):
+            print(
+                f"dead {message.id}: {message.attempts} attempts, "
+                f"last {message.last_attempt_at}: {message.last_error}"
+            )
+    finally:
+        await engine.dispose()
     return 0
 
 

@@ -10,10 +10,11 @@ from aiohttp import web
 from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from emr_bridge import CardBridge, FhirRepository
+from emr_bridge import BridgeResult, CardBridge, FhirRepository
 from emr_bridge.audit import LoggingCardAuditSink
 from recorder import Recorder, Spool, open_store
 from signaling import ConsultationNamespace, RecordingState
+from telemed.card_upstream import CardUpstream
 from telemed.consultations.card import CardPublisher
 from telemed.consultations.clinical import ClinicalService, Icd10Index
 from telemed.consultations.recordings import RecordingService
@@ -42,6 +43,8 @@ class Services:
     # The patient's card (FHIR R4 store), and what writes consultations into it.
     card: FhirRepository
     card_publisher: CardPublisher
+    # Delivery to TELEMED_FHIR_UPSTREAM_URL; None when there is none.
+    card_upstream: CardUpstream | None
     sio: socketio.AsyncServer
     namespace: ConsultationNamespace
     # None when TELEMED_RECORDING is off.
@@ -92,12 +95,19 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
     clinical = ClinicalService(sessions, Icd10Index.who())
     card = FhirRepository(engine, LoggingCardAuditSink())
     storage_url_of = open_store(settings.storage).url if settings.recording else str
+    upstream = CardUpstream(engine, settings) if settings.fhir_upstream_url else None
+
+    def written(result: BridgeResult) -> None:
+        if upstream is not None and result.outbox_created:
+            upstream.worker.wake()
+
     card_publisher = CardPublisher(
         sessions,
-        CardBridge(card),
+        CardBridge(card, deliver_upstream=upstream is not None),
         clinical,
         storage_url_of,
         recording_on=settings.recording,
+        on_written=written,
     )
     _card_follows(card_publisher, consultations, recordings, clinical, settings.recording)
     return Services(
@@ -111,6 +121,7 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         clinical=clinical,
         card=card,
         card_publisher=card_publisher,
+        card_upstream=upstream,
         sio=sio,
         namespace=namespace,
         recorder=built,

@@ -93,6 +93,26 @@ class Settings(BaseSettings):
     )
     turn_ttl_seconds: int = Field(default=3600, ge=60, description="Lifetime of TURN credentials.")
 
+    fhir_upstream_url: str | None = Field(
+        default=None,
+        description="An external FHIR server (its base URL) that receives every "
+        "consultation written into the card, through an outbox that retries.",
+    )
+    fhir_upstream_token: str | None = Field(
+        default=None, description="Bearer token for the FHIR upstream."
+    )
+    fhir_upstream_token_path: Path | None = Field(
+        default=None,
+        description="File holding the upstream's bearer token, instead of "
+        "TELEMED_FHIR_UPSTREAM_TOKEN.",
+    )
+    fhir_upstream_max_attempts: int = Field(
+        default=10,
+        ge=1,
+        le=1000,
+        description="Failed deliveries before a message is parked as a dead letter.",
+    )
+
     recording: bool = Field(
         default=True,
         description="Offer recording (with every participant's consent); false turns it off.",
@@ -180,6 +200,15 @@ class Settings(BaseSettings):
             raise ValueError("use postgresql+asyncpg://... or sqlite+aiosqlite:///...")
         return url
 
+    @field_validator("fhir_upstream_url")
+    @classmethod
+    def _upstream_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, url: str | None) -> str | None:
@@ -196,6 +225,14 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @model_validator(mode="after")
+    def _upstream_token_once(self) -> Settings:
+        if self.fhir_upstream_token and self.fhir_upstream_token_path:
+            raise ValueError(
+                "set TELEMED_FHIR_UPSTREAM_TOKEN or TELEMED_FHIR_UPSTREAM_TOKEN_PATH, not both"
+            )
+        return self
 
     @model_validator(mode="after")
     def _turn_secret_once(self) -> Settings:
@@ -218,6 +255,13 @@ class Settings(BaseSettings):
     @property
     def effective_public_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def fhir_upstream_bearer(self) -> str | None:
+        """The upstream's token, read from its file when given as a path."""
+        if self.fhir_upstream_token_path is not None:
+            return self.fhir_upstream_token_path.read_text(encoding="utf-8").strip()
+        return self.fhir_upstream_token
 
     @property
     def recorder_is_separate(self) -> bool:
@@ -279,6 +323,9 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the environment (plus ``overrides``); raise SettingsError naming each bad variable."""
     try:
         settings = Settings(**overrides)
+        path = settings.fhir_upstream_token_path
+        if path is not None and not path.is_file():
+            raise SettingsError(f"TELEMED_FHIR_UPSTREAM_TOKEN_PATH: no such file: {path}")
         if settings.turn_secret_path is not None and not settings.turn_secret_path.is_file():
             raise SettingsError(
                 f"TELEMED_TURN_SECRET_PATH: no such file: {settings.turn_secret_path}"

@@ -77,6 +77,7 @@ class TokenService:
         patient_id: str | None = None,
         amr: tuple[str, ...] = ("pwd",),
         auth_time: int | None = None,
+        ttl_seconds: int | None = None,
     ) -> str:
         now = int(self._clock())
         claims: dict[str, Any] = {
@@ -91,7 +92,7 @@ class TokenService:
             claims["practitioner"] = practitioner_id
         if patient_id:
             claims["patient"] = patient_id
-        return self._sign(claims, ACCESS_AUDIENCE, now, self._access_ttl)
+        return self._sign(claims, ACCESS_AUDIENCE, now, ttl_seconds or self._access_ttl)
 
     def verify_access(self, token: str | None) -> AccessClaims:
         claims = self._verify(token, ACCESS_AUDIENCE, "access")

@@ -26,14 +26,19 @@ FHIR_PREFIX = "/fhir"
 AccessorResolver = Callable[[AccessClaims, str | None], Awaitable[Accessor | None]]
 
 
+# The role of a service token that may write into this card as the system does.
+CARD_CLIENT_ROLE = "card-client"
+
+
 async def resolve_by_domain_ids(
     claims: AccessClaims, client_address: str | None
 ) -> Accessor | None:
     """An :data:`AccessorResolver` for a card whose FHIR ids are the domain's ids: the
     Patient of a patient account has the account's ``patient_id`` as its id, the
     Practitioner of a doctor has its ``practitioner_id``, and a clinic's Organization has
-    the ``clinic_id`` (the bridge must write them so, with update-as-create).
-    Other roles get no access."""
+    the ``clinic_id`` (the bridge must write them so, with update-as-create). A
+    ``card-client`` (another telemed delivering its consultations here, with a token from
+    ``telemed card client-token``) writes as the system. Other roles get no access."""
     if claims.role == "patient" and claims.patient_id:
         return Accessor.patient(claims.user_id, claims.patient_id, client_address=client_address)
     if claims.role == "doctor" and claims.practitioner_id and claims.clinic_id:
@@ -44,6 +49,8 @@ async def resolve_by_domain_ids(
             client_address=client_address,
             amr=claims.amr,
         )
+    if claims.role == CARD_CLIENT_ROLE:
+        return Accessor.system(claims.user_id, client_address=client_address)
     return None
 
 
