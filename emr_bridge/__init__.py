@@ -34,6 +34,7 @@ from emr_bridge.outbox import (
 from emr_bridge.outcomes import FhirError, operation_outcome
 from emr_bridge.repository import (
     CardWriter,
+    CompartmentResource,
     FhirRepository,
     SearchPage,
     StoredResource,
@@ -57,6 +58,7 @@ __all__ = [
     "CardBridge",
     "CardWriter",
     "ClinicalNote",
+    "CompartmentResource",
     "ConsentAcceptance",
     "ConsultationCard",
     "ConsultationOutcome",

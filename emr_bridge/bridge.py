@@ -11,7 +11,9 @@ writes it on one database transaction (:meth:`FhirRepository.begin`) as the syst
    (:mod:`emr_bridge.mapping`): on PostgreSQL the advisory locks the repository's
    ``If-None-Exist`` takes for those criteria, in one statement; one index query for all
    the searches; the new resources through the repository's transaction (ids assigned,
-   ``urn:uuid:`` references resolved, each validated, one INSERT per table);
+   ``urn:uuid:`` references resolved, each validated once, all rows in one statement
+   on PostgreSQL and one batch per table on SQLite; references checked in one query,
+   and only those to resources this transaction has not itself written or found);
 3. with delivery upstream enabled, an outbox row holding the transaction Bundle for the
    external server (:mod:`emr_bridge.outbox`); the same Bundle is queued only once.
 
@@ -24,7 +26,6 @@ version, written through the card's API.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,11 +42,11 @@ from emr_bridge.repository import (
     Clock,
     FhirRepository,
     TransactionEntry,
+    advisory_key,
     utc_now,
 )
-from emr_bridge.repository import _advisory_key as advisory_key
-from emr_bridge.tables import fhir_resources, fhir_search_tokens
-from emr_bridge.validation import iter_references
+from emr_bridge.tables import fhir_search_tokens
+from emr_bridge.validation import copy_json, iter_references
 
 
 @dataclass(frozen=True)
@@ -149,14 +150,7 @@ class CardBridge:
     ) -> list[BridgedResource]:
         # One query finds which of the three exist; only the missing ones are written.
         keys = [(entry.resource_type, str(entry.resource["id"])) for entry in entries]
-        found = {
-            (row.resource_type, row.id)
-            for row in await writer.connection.execute(
-                select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
-                    tuple_(fhir_resources.c.resource_type, fhir_resources.c.id).in_(keys)
-                )
-            )
-        }
+        found = await writer.existing(keys)
         bridged = []
         for entry, (resource_type, resource_id) in zip(entries, keys, strict=True):
             created = False
@@ -190,8 +184,8 @@ class CardBridge:
                 resolved[entry.full_url] = f"{entry.resource_type}/{found[0]}"
         missing = [entry for entry in entries if entry.full_url not in resolved]
         # New resources go through the repository's transaction: ids assigned, the
-        # placeholders between new entries resolved, each validated, inserted in one batch
-        # per table. References to entries that already exist are resolved here.
+        # placeholders between new entries resolved, each validated once, inserted in one
+        # batch. References to entries that already exist are resolved here.
         results = await writer.transaction(
             [
                 TransactionEntry(
@@ -224,7 +218,7 @@ def _identifier(entry: CardEntry) -> str:
 def _resolve(resource: Mapping[str, Any], resolved: Mapping[str, str]) -> Mapping[str, Any]:
     if not resolved:
         return resource  # the first run: nothing exists yet, nothing to rewrite
-    copied: dict[str, Any] = copy.deepcopy(dict(resource))
+    copied = copy_json(resource)
     for node in iter_references(copied):
         target = resolved.get(node["reference"])
         if target is not None:
@@ -253,12 +247,15 @@ async def _find_by_identifier(
     searches do)."""
     tokens = fhir_search_tokens
     wanted = {(e.resource_type, e.identifier_system, e.identifier_value) for e in entries}
+    # Exact (type, code, system) keys: each one is a probe of the tokens' lookup index
+    # (resource_type, param, code, system), whatever the size of the card.
     rows = await connection.execute(
         select(tokens.c.resource_type, tokens.c.system, tokens.c.code, tokens.c.resource_id)
         .where(
             tokens.c.param == "identifier",
-            tokens.c.system.in_(sorted({system for _, system, _ in wanted})),
-            tokens.c.code.in_(sorted({value for _, _, value in wanted})),
+            tuple_(tokens.c.resource_type, tokens.c.code, tokens.c.system).in_(
+                sorted((kind, value, system) for kind, system, value in wanted)
+            ),
         )
         .order_by(tokens.c.resource_id)
     )

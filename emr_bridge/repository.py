@@ -31,14 +31,18 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    Column,
     ColumnElement,
+    Integer,
     Row,
+    String,
     Table,
     and_,
     delete,
@@ -46,11 +50,14 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    text,
     true,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import TextClause
 
 from emr_bridge.access import Accessor, AccessorKind, NoPractitionerWrites, PractitionerWritePolicy
 from emr_bridge.audit import AuditOutcome, CardAuditEvent, CardAuditSink, Interaction
@@ -68,6 +75,7 @@ from emr_bridge.outcomes import (
 from emr_bridge.search import SearchQuery, criterion_clause, index_values, parse_search
 from emr_bridge.tables import (
     INDEX_TABLES,
+    UTCDateTime,
     fhir_resource_versions,
     fhir_resources,
     fhir_search_dates,
@@ -77,6 +85,7 @@ from emr_bridge.tables import (
 )
 from emr_bridge.validation import (
     PATIENT_LINKS,
+    copy_json,
     is_placeholder,
     is_valid_id,
     iter_references,
@@ -123,6 +132,21 @@ class StoredResource:
     @property
     def etag(self) -> str:
         return f'W/"{self.version_id}"'
+
+
+class CompartmentResource(NamedTuple):
+    """One resource of a patient's compartment as ``$everything`` returns it: its type, id
+    and JSON exactly as stored (``meta.versionId`` and ``meta.lastUpdated`` are in it).
+    A tuple, not a :class:`StoredResource`: a card of a thousand resources is built and
+    sent without any per-row work beyond this."""
+
+    resource_type: str
+    id: str
+    content: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.resource_type}/{self.id}"
 
 
 @dataclass(frozen=True)
@@ -208,7 +232,56 @@ def visible_to(accessor: Accessor) -> ColumnElement[bool]:
     )
 
 
-def _advisory_key(resource_type: str, criteria: Sequence[tuple[str, str]]) -> int:
+def _aware_utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware UTC time")
+    return value.astimezone(UTC)
+
+
+def _array_type(column: Column[Any]) -> str:
+    # PostgreSQL array types for the card's column types (varchar and text alike as text:
+    # the column's own length check applies when the row is inserted).
+    if isinstance(column.type, UTCDateTime):
+        return "timestamptz[]"
+    if isinstance(column.type, Integer):
+        return "integer[]"
+    if isinstance(column.type, String):
+        return "text[]"
+    raise TypeError(f"no array type for {column.table.name}.{column.name}")
+
+
+def _insert_all_postgres(
+    pending: Mapping[Table, list[dict[str, Any]]],
+) -> tuple[TextClause, dict[str, Any]]:
+    """One statement inserting every queued row of every table (PostgreSQL): one
+    data-modifying CTE per table, each fed by ``unnest`` of one array per column. A
+    consultation's resources, versions and index rows cost one round trip, not six."""
+    parts: list[str] = []
+    parameters: dict[str, Any] = {}
+    for n, (table, rows) in enumerate(pending.items()):
+        columns = [column for column in table.columns if column.name in rows[0]]
+        arrays = []
+        for m, column in enumerate(columns):
+            name = f"t{n}c{m}"
+            values = [row[column.name] for row in rows]
+            if isinstance(column.type, UTCDateTime):
+                # What the column type's bind processing does, done here for the array.
+                values = [_aware_utc(value) for value in values]
+            parameters[name] = values
+            arrays.append(f"CAST(:{name} AS {_array_type(column)})")
+        names = ", ".join(column.name for column in columns)
+        # Names come from the card's own table definitions; every value is a parameter.
+        select_arrays = f"SELECT * FROM unnest({', '.join(arrays)})"  # noqa: S608
+        parts.append(f"i{n} AS (INSERT INTO {table.name} ({names}) {select_arrays})")
+    return text(f"WITH {', '.join(parts)} SELECT 1"), parameters
+
+
+def advisory_key(resource_type: str, criteria: Sequence[tuple[str, str]]) -> int:
+    """The PostgreSQL advisory lock key a conditional create takes for ``criteria`` (as
+    given, in any order). Whoever creates resources matched by such criteria outside
+    :meth:`CardWriter.conditional_create` takes the same lock first."""
     text = json.dumps([resource_type, sorted(criteria)])
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
@@ -232,10 +305,13 @@ class CardWriter:
         # References are checked when the unit ends: entries of one transaction may refer
         # to each other in any order.
         self._references: set[tuple[str, str]] = set()
+        # Resources known to be stored on this transaction (written or read here): nothing
+        # is ever deleted from fhir_resources, so references to them need no check.
+        self._known: set[tuple[str, str]] = set()
         self.written: list[StoredResource] = []
-        # Rows to insert, per table, sent as one multi-row INSERT per table before the
-        # next read on this transaction (or at the end): a consultation's resources cost
-        # a handful of statements, not a handful per resource.
+        # Rows to insert, per table, sent before the next read on this transaction (or at
+        # the end): one statement for all tables on PostgreSQL, one executemany per table
+        # elsewhere; a consultation's resources cost a round trip, not one per resource.
         self._pending: dict[Table, list[dict[str, Any]]] = {}
 
     def _queue(self, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -247,12 +323,15 @@ class CardWriter:
         writer always reads its own writes; a caller reading through ``connection``
         directly calls this first."""
         pending, self._pending = self._pending, {}
-        for table, rows in pending.items():
-            try:
+        try:
+            if self._postgres and len(pending) > 1:
+                await self.connection.execute(*_insert_all_postgres(pending))
+                return
+            for table, rows in pending.items():
                 await self.connection.execute(insert(table), rows)
-            except IntegrityError:
-                # Two update-as-creates of one new id raced; the other one committed.
-                raise Conflict("a resource with this id was created concurrently") from None
+        except IntegrityError:
+            # Two update-as-creates of one new id raced; the other one committed.
+            raise Conflict("a resource with this id was created concurrently") from None
 
     # Interactions --------------------------------------------------------------------
 
@@ -298,7 +377,7 @@ class CardWriter:
         if not query.criteria:
             raise InvalidRequest("If-None-Exist needs at least one search criterion")
         if self._postgres:
-            key = _advisory_key(resource_type, query.raw)
+            key = advisory_key(resource_type, query.raw)
             await self.connection.execute(select(func.pg_advisory_xact_lock(key)))
         statement = (
             select(*_RESOURCE_COLUMNS)
@@ -309,7 +388,25 @@ class CardWriter:
             )
             .limit(2)
         )
-        return [_stored(row) for row in await self.connection.execute(statement)]
+        found = [_stored(row) for row in await self.connection.execute(statement)]
+        self._known.update((stored.resource_type, stored.id) for stored in found)
+        return found
+
+    async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of ``keys`` (resource type, id) are stored and visible to the accessor,
+        in one query."""
+        if not keys:
+            return set()
+        await self.flush()
+        rows = await self.connection.execute(
+            select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
+                tuple_(fhir_resources.c.resource_type, fhir_resources.c.id).in_(list(keys)),
+                visible_to(self.accessor),
+            )
+        )
+        found = {(row.resource_type, row.id) for row in rows}
+        self._known.update(found)
+        return found
 
     async def update(
         self,
@@ -377,10 +474,18 @@ class CardWriter:
         )
         return WriteResult(stored, created=False)
 
-    async def transaction(self, entries: Sequence[TransactionEntry]) -> list[WriteResult]:
+    async def transaction(
+        self, entries: Sequence[TransactionEntry], *, validated: bool = False
+    ) -> list[WriteResult]:
         """The writes of a transaction Bundle (http.html#trules): POSTs first, then PUTs;
         ``urn:uuid:`` references between entries resolved to the ids given. Raises on the
-        first failing entry, naming it (``Bundle.entry[i]``); the caller rolls back."""
+        first failing entry, naming it (``Bundle.entry[i]``); the caller rolls back.
+
+        Each resource is validated once (placeholders admitted; what they resolve to is
+        checked when it is stored: a placeholder naming no entry is refused, and so is a
+        patient link that resolves to anything but a Patient). ``validated`` says the
+        caller has already run :func:`validate_resource` on every entry's resource with
+        ``allow_placeholders=True``."""
         self._refuse_patients()
         resolved: dict[str, str] = {}
         ids: list[str | None] = [None] * len(entries)
@@ -408,8 +513,14 @@ class CardWriter:
             if results[index] is not None:
                 continue
             with _entry_errors(index):
-                data = _resolve_placeholders(dict(entry.resource), resolved)
-                validate_resource(data, expected_type=entry.resource_type)
+                data = (
+                    copy_json(entry.resource)
+                    if validated
+                    else validate_resource(
+                        entry.resource, expected_type=entry.resource_type, allow_placeholders=True
+                    )
+                )
+                _resolve_placeholders(data, resolved)
                 resource_id = ids[index]
                 assert resource_id is not None
                 if entry.method == "POST":
@@ -449,26 +560,26 @@ class CardWriter:
         """Flush, then check that every reference written points at a stored resource
         (422 if not). :meth:`FhirRepository.begin` calls it before committing."""
         await self.flush()
-        by_type: dict[str, set[str]] = {}
-        for resource_type, resource_id in self._references:
-            by_type.setdefault(resource_type, set()).add(resource_id)
-        for resource_type, wanted in sorted(by_type.items()):
-            found = set(
-                (
-                    await self.connection.execute(
-                        select(fhir_resources.c.id).where(
-                            fhir_resources.c.resource_type == resource_type,
-                            fhir_resources.c.id.in_(sorted(wanted)),
-                        )
-                    )
-                ).scalars()
-            )
-            missing = sorted(wanted - found)
-            if missing:
-                raise BusinessRuleViolation(
-                    f"reference to {resource_type}/{missing[0]}, which does not exist",
-                    expression=(resource_type,),
+        # One query for every reference not already known to exist on this transaction.
+        wanted = sorted(self._references - self._known)
+        if not wanted:
+            return
+        found = {
+            (row.resource_type, row.id)
+            for row in await self.connection.execute(
+                select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
+                    tuple_(fhir_resources.c.resource_type, fhir_resources.c.id).in_(wanted)
                 )
+            )
+        }
+        self._known.update(found)
+        missing = [key for key in wanted if key not in found]
+        if missing:
+            resource_type, resource_id = missing[0]
+            raise BusinessRuleViolation(
+                f"reference to {resource_type}/{resource_id}, which does not exist",
+                expression=(resource_type,),
+            )
 
     async def _lock_current(self, resource_type: str, resource_id: str) -> StoredResource | None:
         await self.flush()
@@ -483,7 +594,10 @@ class CardWriter:
                 .with_for_update()
             )
         ).first()
-        return None if row is None else _stored(row)
+        if row is None:
+            return None
+        self._known.add((resource_type, resource_id))
+        return _stored(row)
 
     async def _visible(self, resource_type: str, resource_id: str) -> bool:
         if self.accessor.kind is AccessorKind.SYSTEM:
@@ -635,6 +749,7 @@ class CardWriter:
             self._queue(table, rows)
         stored = StoredResource(resource_type, resource_id, version, now, content)
         self.written.append(stored)
+        self._known.add((resource_type, resource_id))
         return stored
 
 
@@ -665,13 +780,14 @@ def _entry_errors(index: int) -> _EntryErrors:
     return _EntryErrors(index)
 
 
-def _resolve_placeholders(data: dict[str, Any], resolved: Mapping[str, str]) -> dict[str, Any]:
-    copied: dict[str, Any] = json.loads(json.dumps(data))
-    for node in iter_references(copied):
+def _resolve_placeholders(data: dict[str, Any], resolved: Mapping[str, str]) -> None:
+    # In place: ``data`` is the writer's own copy.
+    if not resolved:
+        return
+    for node in iter_references(data):
         target = resolved.get(node["reference"])
         if target is not None:
             node["reference"] = target
-    return copied
 
 
 def _patient_of(resource_type: str, data: Mapping[str, Any]) -> str | None:
@@ -861,6 +977,7 @@ class FhirRepository:
         async with self._audited(accessor, Interaction.TRANSACTION, None, ()):
             full_urls: set[str] = set()
             targets: set[tuple[str, str | None]] = set()
+            checked: list[TransactionEntry] = []
             for index, entry in enumerate(entries):
                 with _entry_errors(index):
                     if entry.method not in ("POST", "PUT"):
@@ -875,12 +992,20 @@ class FhirRepository:
                         raise InvalidRequest(f"fullUrl {entry.full_url} is in two entries")
                     if entry.full_url is not None:
                         full_urls.add(entry.full_url)
-                    validate_resource(
-                        entry.resource, expected_type=entry.resource_type, allow_placeholders=True
+                    # Validated here, before a transaction opens, and only here.
+                    checked.append(
+                        replace(
+                            entry,
+                            resource=validate_resource(
+                                entry.resource,
+                                expected_type=entry.resource_type,
+                                allow_placeholders=True,
+                            ),
+                        )
                     )
             async with self._connection(write=True) as connection:
                 writer = CardWriter(connection, accessor, self._policy, self._clock)
-                results = await writer.transaction(entries)
+                results = await writer.transaction(checked, validated=True)
                 await writer.finish()
         await self._report(
             accessor,
@@ -1016,34 +1141,47 @@ class FhirRepository:
         )
         return SearchPage(query, resources, total, next_after)
 
-    async def everything(self, accessor: Accessor, patient_id: str) -> list[StoredResource]:
+    async def everything(self, accessor: Accessor, patient_id: str) -> list[CompartmentResource]:
         """Patient/$everything (patient-operation-everything.html): the Patient and every
-        resource in its compartment, the Patient first, then by type and id."""
+        resource in its compartment, the Patient first, then by type and id.
+
+        One query, read in the order of the compartment index (patient_id, type, id): a
+        Patient's row is in its own compartment, so it is among the rows exactly when the
+        accessor may see it; when it is not (unknown, or out of reach) the answer is 404
+        either way. No model is built and nothing is parsed: the JSON goes out as stored."""
         reference = f"Patient/{patient_id}"
         async with (
             self._audited(accessor, Interaction.EVERYTHING, "Patient", (reference,)),
             self._engine.connect() as connection,
         ):
-            if not await self._exists_for(connection, accessor, "Patient", patient_id):
-                raise NotFound(f"{reference} is not known")
             rows = (
                 await connection.execute(
-                    select(*_RESOURCE_COLUMNS)
-                    .where(fhir_resources.c.patient_id == patient_id, visible_to(accessor))
-                    .order_by(
-                        (fhir_resources.c.resource_type != "Patient"),
+                    select(
                         fhir_resources.c.resource_type,
                         fhir_resources.c.id,
+                        fhir_resources.c.content,
                     )
+                    .where(fhir_resources.c.patient_id == patient_id, visible_to(accessor))
+                    # The compartment index's order: read as stored, never sorted.
+                    .order_by(fhir_resources.c.resource_type, fhir_resources.c.id)
                 )
             ).all()
-        resources = [_stored(row) for row in rows]
+            resources = list(map(CompartmentResource._make, rows))
+            # The compartment holds one Patient, itself; it goes first. (Looked up, not
+            # bisected: where "Patient" sorts depends on the database's collation.)
+            types = list(map(itemgetter(0), resources))
+            if "Patient" not in types:
+                raise NotFound(f"{reference} is not known")
+            first = types.index("Patient")
+            if resources[first].id != patient_id:
+                raise NotFound(f"{reference} is not known")
+            resources.insert(0, resources.pop(first))
         await self._report(
             accessor,
             Interaction.EVERYTHING,
             "Patient",
             AuditOutcome.SUCCESS,
-            [stored.reference for stored in resources],
+            [f"{kind}/{resource_id}" for kind, resource_id, _ in resources],
         )
         return resources
 

@@ -312,15 +312,21 @@ class FhirRouter:
     ) -> FhirResponse:
         resources = await self._repository.everything(accessor, patient_id)
         self_link = f"{request.base_url}/Patient/{patient_id}/$everything"
-        return _response(
-            200,
-            _bundle_text(
-                "searchset",
-                len(resources),
-                [("self", self_link)],
-                [(self._full_url(request, s), s.content) for s in resources],
-            ),
-        )
+        head = _bundle_head("searchset", len(resources), [("self", self_link)])
+        # fullUrl is the base (JSON-escaped once) plus Type/id, which never need escaping
+        # (a type is letters, an id [A-Za-z0-9-.]: the store refuses anything else).
+        base = json.dumps(f"{request.base_url}/")[:-1]
+        # One join over small pieces and the stored texts as they are: formatting each
+        # (kilobyte-sized) resource into its own entry string first copies it twice more.
+        parts = [head[:-1], ',"entry":[']
+        separator = ""
+        for kind, resource_id, content in resources:
+            parts.append(f'{separator}{{"fullUrl":{base}{kind}/{resource_id}","resource":')
+            parts.append(content)
+            parts.append(',"search":{"mode":"match"}}')
+            separator = ","
+        parts.append("]}")
+        return _response(200, "".join(parts))
 
     async def _history(
         self, request: FhirRequest, accessor: Accessor, resource_type: str, resource_id: str
@@ -527,15 +533,8 @@ def parse_transaction(bundle: object) -> list[TransactionEntry]:
     return entries
 
 
-def _bundle_text(
-    bundle_type: str,
-    total: int,
-    links: Sequence[tuple[str, str]],
-    entries: Sequence[tuple[str, str]],
-) -> str:
-    # The stored JSON goes into the Bundle as it is: no parse and re-serialize per
-    # resource, which is most of the cost of a large $everything.
-    head = json.dumps(
+def _bundle_head(bundle_type: str, total: int, links: Sequence[tuple[str, str]]) -> str:
+    return json.dumps(
         {
             "resourceType": "Bundle",
             "type": bundle_type,
@@ -544,6 +543,17 @@ def _bundle_text(
         },
         ensure_ascii=False,
     )
+
+
+def _bundle_text(
+    bundle_type: str,
+    total: int,
+    links: Sequence[tuple[str, str]],
+    entries: Sequence[tuple[str, str]],
+) -> str:
+    # The stored JSON goes into the Bundle as it is: no parse and re-serialize per
+    # resource, which is most of the cost of a large $everything.
+    head = _bundle_head(bundle_type, total, links)
     body = ",".join(
         f'{{"fullUrl":{json.dumps(url)},"resource":{content},"search":{{"mode":"match"}}}}'
         for url, content in entries

@@ -86,7 +86,9 @@ fhir_resources = Table(
     Column("organization_id", String(ID_LENGTH), nullable=True),
     Column("content", Text, nullable=False),
     PrimaryKeyConstraint("resource_type", "id"),
-    Index("ix_fhir_resources_patient_id", "patient_id"),
+    # A patient's compartment in ($everything's) order: found and read in index order,
+    # no sort; it serves every lookup by patient_id alone as well.
+    Index("ix_fhir_resources_compartment", "patient_id", "resource_type", "id"),
     Index("ix_fhir_resources_organization_id", "organization_id"),
 )
 

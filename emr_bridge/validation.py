@@ -260,7 +260,7 @@ def validate_resource(
             f"resource type {resource_type} is not supported by this card",
             expression=("Resource.resourceType",),
         )
-    resource = copy.deepcopy(dict(data))
+    resource = copy_json(data)
     issues = [
         *_model_issues(resource_type, resource),
         *_card_issues(resource_type, resource, allow_placeholders),
@@ -289,8 +289,35 @@ def _reference_of(value: object) -> str | None:
     return None
 
 
+def copy_json(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of a JSON object (dicts, lists and immutable scalars), without the
+    memo bookkeeping and per-node dispatch of :func:`copy.deepcopy` (which a JSON tree
+    does not need: it shares no nodes)."""
+    return {key: _copy_node(value) for key, value in data.items()}
+
+
+def _copy_node(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _copy_node(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_copy_node(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _copy_node(item) for key, item in value.items()}
+    if isinstance(value, str | int | float | bool | None):
+        return value
+    # Anything else is not JSON; let deepcopy keep whatever its semantics are.
+    return copy.deepcopy(value)
+
+
+@lru_cache(maxsize=64)
+def _model_class(resource_type: str) -> Any:
+    # fhir.resources resolves the name through an import on every call; the class never
+    # changes, so look it up once per type.
+    return get_fhir_model_class(resource_type)
+
+
 def _model_issues(resource_type: str, resource: dict[str, Any]) -> list[Issue]:
-    model = get_fhir_model_class(resource_type)
+    model = _model_class(resource_type)
     try:
         model.model_validate(resource)
     except pydantic.ValidationError as exc:
@@ -388,24 +415,46 @@ def _is_sha1_base64(value: str) -> bool:
 
 
 def _walk(node: object, path: str) -> Iterator[tuple[str, object]]:
-    """Every JSON object and array item below ``node``, with a FHIRPath-like path."""
-    yield path, node
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if isinstance(value, dict | list):
-                yield from _walk(value, f"{path}.{key}")
-    elif isinstance(node, list):
-        for item in node:
-            yield from _walk(item, path)
+    """Every JSON object and array item below ``node``, with a FHIRPath-like path, in
+    document order (depth first). An explicit stack: nested generators cost a frame per
+    level per node, and every write walks each resource several times."""
+    stack: list[tuple[str, object]] = [(path, node)]
+    while stack:
+        where, current = stack.pop()
+        yield where, current
+        if isinstance(current, dict):
+            children = [
+                (f"{where}.{key}", value)
+                for key, value in current.items()
+                if isinstance(value, dict | list)
+            ]
+        elif isinstance(current, list):
+            children = [(where, item) for item in current]
+        else:
+            continue
+        children.reverse()
+        stack.extend(children)
 
 
 def iter_references(resource: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every Reference (a JSON object with a string ``reference``) in ``resource``,
-    contained resources included; the objects are the resource's own, so a caller may
-    rewrite ``reference`` in place."""
-    for _path, node in _walk(resource, ""):
-        if isinstance(node, dict) and isinstance(node.get("reference"), str):
-            yield node
+    contained resources included, in document order; the objects are the resource's own,
+    so a caller may rewrite ``reference`` in place."""
+    found: list[dict[str, Any]] = []
+    stack: list[object] = [resource]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, dict):
+            if isinstance(current.get("reference"), str):
+                found.append(current)
+            children = [value for value in current.values() if isinstance(value, dict | list)]
+        elif isinstance(current, list):
+            children = [item for item in current if isinstance(item, dict | list)]
+        else:
+            continue
+        children.reverse()
+        stack.extend(children)
+    return iter(found)
 
 
 def is_placeholder(reference: str) -> bool:
