@@ -18,7 +18,8 @@ Organization           ``urn:telemed:clinic|{clinic_id}``
 Patient                ``urn:telemed:patient|{patient_id}``
 Practitioner           ``urn:telemed:practitioner|{practitioner_id}``
 Encounter              ``{session_id}``
-DocumentReference      ``{session_id}/recording/{sha256}``, ``{session_id}/protocol``
+DocumentReference      ``{session_id}/recording/{sha256}``, ``{session_id}/protocol``,
+                       ``{session_id}/protocol-pdf``
 Composition            ``{session_id}/note``
 Condition              ``{session_id}/diagnosis/{icd10 code}``
 MedicationRequest      ``{session_id}/prescription/{key}``
@@ -293,6 +294,8 @@ class ConsultationOutcome:
     appointment_id: str | None = None
     recordings: tuple[StoredFile, ...] = ()
     protocol: StoredFile | None = None
+    # The protocol's readable, signed-over rendering (protocol.pdf), beside the JSON.
+    protocol_pdf: StoredFile | None = None
     note: ClinicalNote | None = None
     diagnoses: tuple[Diagnosis, ...] = ()
     prescriptions: tuple[Prescription, ...] = ()
@@ -783,6 +786,13 @@ def map_consultation(outcome: ConsultationOutcome) -> ConsultationCard:
             outcome.protocol,
             "Protocol of a telemedicine consultation",
             outcome.protocol.title or "Consultation protocol",
+        )
+    if outcome.protocol_pdf is not None:
+        mapper.document(
+            "protocol-pdf",
+            outcome.protocol_pdf,
+            "Protocol of a telemedicine consultation",
+            outcome.protocol_pdf.title or "Consultation protocol (PDF)",
         )
     if outcome.note is not None:
         mapper.composition(outcome.note)

@@ -8,12 +8,19 @@ implements :class:`RecordingLedger`, and serves the WHIP endpoint in front of
 
 from recorder.protocol import (
     ConsentRecord,
+    ProtocolClinical,
     ProtocolContext,
+    ProtocolDiagnosis,
+    ProtocolDocument,
     ProtocolEvent,
     ProtocolParticipant,
+    ProtocolParty,
+    ProtocolPrescription,
     SegmentRecord,
     build_protocol,
+    document_key,
     protocol_key,
+    signature_key,
 )
 from recorder.recorder import (
     OfferError,
@@ -24,6 +31,15 @@ from recorder.recorder import (
     RecorderUnavailableError,
     RecordingLedger,
     segment_key,
+)
+from recorder.signing import (
+    Ed25519Signer,
+    ProtocolSignature,
+    ProtocolSigner,
+    SignatureError,
+    canonical_json,
+    key_fingerprint,
+    verify_signature,
 )
 from recorder.spool import RecoveryReport, Spool, SpoolFullError
 from recorder.storage import (
@@ -37,13 +53,21 @@ from recorder.storage import (
 
 __all__ = [
     "ConsentRecord",
+    "Ed25519Signer",
     "ObjectInfo",
     "ObjectNotFoundError",
     "ObjectStore",
     "OfferError",
+    "ProtocolClinical",
     "ProtocolContext",
+    "ProtocolDiagnosis",
+    "ProtocolDocument",
     "ProtocolEvent",
     "ProtocolParticipant",
+    "ProtocolParty",
+    "ProtocolPrescription",
+    "ProtocolSignature",
+    "ProtocolSigner",
     "Publication",
     "PublishGrant",
     "Recorder",
@@ -52,12 +76,18 @@ __all__ = [
     "RecordingLedger",
     "RecoveryReport",
     "SegmentRecord",
+    "SignatureError",
     "Spool",
     "SpoolFullError",
     "StorageConfigError",
     "StorageSettings",
     "build_protocol",
+    "canonical_json",
+    "document_key",
+    "key_fingerprint",
     "open_store",
     "protocol_key",
     "segment_key",
+    "signature_key",
+    "verify_signature",
 ]

@@ -4,33 +4,47 @@ The application hands the recorder a :class:`ProtocolContext` (the consultation,
 participants, consent journal, segments and timeline, as the domain knows them); the
 recorder turns it into the versioned JSON document described in ``docs/protocol.md``.
 The document is deterministic for a given context and time, so re-writing it after a
-crash gives the same bytes.
+crash gives the same bytes. It is stored in RFC 8785 canonical form
+(:func:`protocol_bytes`) and, from version 2 on, names the key that signs it
+(``signer``) and the documents rendered from it (``documents``, e.g. ``protocol.pdf``);
+the detached signature is stored beside it (:func:`signature_key`).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from recorder.signing import ProtocolSigner, canonical_json, key_fingerprint
+
 __all__ = [
     "PROTOCOL_SCHEMA",
     "PROTOCOL_VERSION",
     "ConsentRecord",
+    "ProtocolClinical",
     "ProtocolContext",
+    "ProtocolDiagnosis",
+    "ProtocolDocument",
     "ProtocolEvent",
     "ProtocolParticipant",
+    "ProtocolParty",
+    "ProtocolPrescription",
     "SegmentRecord",
     "SegmentStatus",
     "build_protocol",
+    "document_entry",
+    "document_key",
     "protocol_bytes",
     "protocol_key",
+    "signature_key",
+    "signer_entry",
 ]
 
-PROTOCOL_VERSION = 1
-PROTOCOL_SCHEMA = "urn:telemed:protocol:1"
+PROTOCOL_VERSION = 2
+PROTOCOL_SCHEMA = "urn:telemed:protocol:2"
+ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
 
 SegmentStatus = Literal["recording", "final", "interrupted", "failed"]
 
@@ -85,6 +99,46 @@ class ProtocolEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class ProtocolParty:
+    """The clinic, the doctor or the patient: the domain's id and a name to print."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolDiagnosis:
+    code: str  # ICD-10
+    display: str
+    primary: bool
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolPrescription:
+    """One finalized e-prescription, in the words the document prints."""
+
+    id: str
+    medication: str  # INN and form, e.g. "Amoxicillin, tablets"
+    dose: str  # e.g. "500 mg, oral, 3 times a day"
+    duration_days: int
+    quantity: str  # e.g. "20 tablet"
+    valid_until: str | None  # ISO date
+    instructions: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolClinical:
+    """What the doctor finalized by the time the protocol is written."""
+
+    conclusion: str | None
+    recommendations: str | None
+    finalized_at: datetime | None
+    diagnoses: Sequence[ProtocolDiagnosis] = ()
+    prescriptions: Sequence[ProtocolPrescription] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ProtocolContext:
     consultation_id: str
     session_id: str
@@ -95,6 +149,20 @@ class ProtocolContext:
     consents: Sequence[ConsentRecord] = ()
     segments: Sequence[SegmentRecord] = ()
     timeline: Sequence[ProtocolEvent] = field(default=())
+    clinic: ProtocolParty | None = None
+    practitioner: ProtocolParty | None = None
+    patient: ProtocolParty | None = None
+    clinical: ProtocolClinical | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolDocument:
+    """A rendering of the manifest (``protocol.pdf``) stored beside it; ``name`` is its
+    file name in the consultation's folder."""
+
+    name: str
+    content_type: str
+    data: bytes
 
 
 def protocol_key(consultation_id: str) -> str:
@@ -102,13 +170,37 @@ def protocol_key(consultation_id: str) -> str:
     return f"consultations/{consultation_id}/protocol.json"
 
 
+def signature_key(consultation_id: str) -> str:
+    """Where the detached signature of a consultation's manifest is stored."""
+    return protocol_key(consultation_id) + ".sig"
+
+
+def document_key(consultation_id: str, name: str) -> str:
+    """Where a document rendered from the manifest (``protocol.pdf``) is stored."""
+    return f"consultations/{consultation_id}/{name}"
+
+
+def signer_entry(signer: ProtocolSigner) -> dict[str, str]:
+    """The manifest's ``signer``: who signs it, so the signature covers its own key."""
+    return {
+        "algorithm": signer.algorithm,
+        "key_id": signer.key_id,
+        "public_key_sha256": key_fingerprint(signer.public_key),
+    }
+
+
 def build_protocol(
-    context: ProtocolContext, url_of: Callable[[str], str], generated_at: datetime
+    context: ProtocolContext,
+    url_of: Callable[[str], str],
+    generated_at: datetime,
+    *,
+    signer: ProtocolSigner | None = None,
 ) -> dict[str, Any]:
     """The manifest as a JSON-ready dict. ``url_of`` names a stored object by key.
 
     Segment ``start_offset_ms`` is measured from the earliest segment's start, so a
-    player lines the participants' segments up on one time axis and shows the gaps."""
+    player lines the participants' segments up on one time axis and shows the gaps.
+    ``documents`` starts empty: the recorder lists what it renders and stores there."""
     segments = sorted(context.segments, key=lambda s: (s.started_at, s.participant_id))
     origin = segments[0].started_at if segments else None
     return {
@@ -150,12 +242,68 @@ def build_protocol(
             }
             for e in context.timeline
         ],
+        "clinic": _party(context.clinic),
+        "practitioner": _party(context.practitioner),
+        "patient": _party(context.patient),
+        "clinical": _clinical(context.clinical),
+        "signer": signer_entry(signer) if signer is not None else None,
+        "documents": [],
+    }
+
+
+def document_entry(
+    name: str, object_key: str, url: str, content_type: str, size: int, sha256: str | None
+) -> dict[str, Any]:
+    """One entry of the manifest's ``documents``."""
+    return {
+        "name": name,
+        "object_key": object_key,
+        "url": url,
+        "content_type": content_type,
+        "bytes": size,
+        "sha256": sha256,
     }
 
 
 def protocol_bytes(document: Mapping[str, Any]) -> bytes:
-    """The manifest's stored form: UTF-8 JSON, keys in a stable order, a final newline."""
-    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    """The manifest's stored (and signed) form: RFC 8785 canonical JSON, UTF-8."""
+    return canonical_json(document)
+
+
+def _party(party: ProtocolParty | None) -> dict[str, str] | None:
+    return None if party is None else {"id": party.id, "name": party.name}
+
+
+def _clinical(clinical: ProtocolClinical | None) -> dict[str, Any] | None:
+    if clinical is None:
+        return None
+    return {
+        "finalized_at": _time(clinical.finalized_at),
+        "conclusion": clinical.conclusion,
+        "recommendations": clinical.recommendations,
+        "diagnoses": [
+            {
+                "system": ICD10_SYSTEM,
+                "code": d.code,
+                "display": d.display,
+                "primary": d.primary,
+                "comment": d.comment,
+            }
+            for d in clinical.diagnoses
+        ],
+        "prescriptions": [
+            {
+                "id": p.id,
+                "medication": p.medication,
+                "dose": p.dose,
+                "duration_days": p.duration_days,
+                "quantity": p.quantity,
+                "valid_until": p.valid_until,
+                "instructions": p.instructions,
+            }
+            for p in clinical.prescriptions
+        ],
+    }
 
 
 def _segment(

@@ -31,12 +31,17 @@ from aiortc import RTCIceServer
 
 from recorder.protocol import (
     ProtocolContext,
+    ProtocolDocument,
     SegmentRecord,
     build_protocol,
+    document_entry,
+    document_key,
     protocol_bytes,
     protocol_key,
+    signature_key,
 )
 from recorder.session import OfferError, PublisherSession
+from recorder.signing import ProtocolSignature, ProtocolSigner, sign_protocol
 from recorder.spool import Spool, SpoolFullError, SpoolSegment
 from recorder.storage.base import ObjectInfo
 from recorder.webm import RecordingStats, TrackSpec, file_suffix, media_type
@@ -135,8 +140,27 @@ class RecordingLedger(Protocol):
         """True once the consultation's protocol is stored (its recording is final)."""
         ...
 
-    async def protocol_stored(self, consultation_id: str, info: ObjectInfo) -> None:
-        """The protocol is stored: the recording of the consultation is final."""
+    async def protocol_signer(self, consultation_id: str) -> ProtocolSigner | None:
+        """The key that signs the consultation's protocol (its doctor's); None leaves the
+        protocol unsigned."""
+        ...
+
+    async def protocol_documents(
+        self, document: Mapping[str, Any], signer: ProtocolSigner | None
+    ) -> Sequence[ProtocolDocument]:
+        """Readable renderings of the manifest (``protocol.pdf``) to store beside it."""
+        ...
+
+    async def protocol_stored(
+        self,
+        consultation_id: str,
+        info: ObjectInfo,
+        *,
+        signature: ProtocolSignature | None = None,
+        documents: Sequence[ObjectInfo] = (),
+    ) -> None:
+        """The protocol is stored (with its ``signature`` and rendered ``documents``, all
+        stored before this call): the recording of the consultation is final."""
         ...
 
     async def recording_stopped(
@@ -383,14 +407,44 @@ class Recorder:
             if await self.ledger.protocol_stored_already(consultation_id):
                 self._remember_finalized(consultation_id)
                 return None
-            context = await self.ledger.protocol_context(consultation_id)
-            document = build_protocol(context, self.spool.store.url, self.clock())
-            info = await self.spool.store.put(
-                protocol_key(consultation_id), protocol_bytes(document), "application/json"
+            info, signature, documents = await self._write_protocol(consultation_id)
+            await self.ledger.protocol_stored(
+                consultation_id, info, signature=signature, documents=documents
             )
-            await self.ledger.protocol_stored(consultation_id, info)
             self._remember_finalized(consultation_id)
             return info
+
+    async def _write_protocol(
+        self, consultation_id: str
+    ) -> tuple[ObjectInfo, ProtocolSignature | None, list[ObjectInfo]]:
+        """Store the renderings, then the manifest naming their hashes, then its detached
+        signature. A crash in between leaves the consultation unfinalized, and the next
+        attempt writes all three again."""
+        store = self.spool.store
+        context = await self.ledger.protocol_context(consultation_id)
+        signer = await self.ledger.protocol_signer(consultation_id)
+        document = build_protocol(context, store.url, self.clock(), signer=signer)
+        stored: list[ObjectInfo] = []
+        for rendering in await self.ledger.protocol_documents(document, signer):
+            key = document_key(consultation_id, rendering.name)
+            info = await store.put(key, rendering.data, rendering.content_type)
+            stored.append(info)
+            document["documents"].append(
+                document_entry(
+                    rendering.name, key, store.url(key), info.content_type, info.size, info.sha256
+                )
+            )
+        data = protocol_bytes(document)
+        signature = None
+        if signer is not None:
+            # In a thread: a signature provider (a token, an HSM) may block.
+            signature = await asyncio.to_thread(sign_protocol, signer, data)
+        info = await store.put(protocol_key(consultation_id), data, "application/json")
+        if signature is not None:
+            await store.put(
+                signature_key(consultation_id), signature.to_bytes(), "application/json"
+            )
+        return info, signature, stored
 
     def _remember_finalized(self, consultation_id: str) -> None:
         self._finalized[consultation_id] = None

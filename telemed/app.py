@@ -13,9 +13,15 @@ from aiohttp import web
 from emr_bridge import FhirRouter
 from telemed.services import SERVICES, Services, build_services
 from telemed.settings import Settings, SettingsError
-from telemed.web import clinical, routes, whip
+from telemed.web import account, clinical, routes, whip
+from telemed.web import audit as audit_http
 from telemed.web.fhir import FhirEndpoint, resolve_by_domain_ids
-from telemed.web.middleware import problem_middleware, security_headers
+from telemed.web.middleware import (
+    forwarded_client,
+    problem_middleware,
+    request_context,
+    security_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,12 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
     services = services or build_services(settings)
     recorder_origin = [_origin(settings.recorder_url)] if settings.recorder_is_separate else []
     app = web.Application(
-        middlewares=[security_headers(recorder_origin), problem_middleware],
+        middlewares=[
+            forwarded_client(settings.trusted_proxies),
+            request_context,
+            security_headers(recorder_origin),
+            problem_middleware,
+        ],
         client_max_size=1024 * 1024,
     )
     app[SERVICES] = services
@@ -44,8 +55,10 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
         app.cleanup_ctx.append(_card_upstream_lifetime)
     services.sio.attach(app)
     routes.setup(app, vendor_dir())
+    account.setup(app)
     whip.setup(app)
     clinical.setup(app)
+    audit_http.setup(app)  # /fhir/AuditEvent, before the card's own /fhir routes
     FhirEndpoint(
         FhirRouter(services.card),
         services.tokens,
@@ -61,7 +74,13 @@ def create_recorder_app(settings: Settings, services: Services) -> web.Applicati
     if services.recorder is None:
         raise SettingsError("TELEMED_RECORDING is off: there is nothing to record")
     app = web.Application(
-        middlewares=[security_headers(), problem_middleware], client_max_size=1024 * 1024
+        middlewares=[
+            forwarded_client(settings.trusted_proxies),
+            request_context,
+            security_headers(),
+            problem_middleware,
+        ],
+        client_max_size=1024 * 1024,
     )
     app[SERVICES] = services
     app.cleanup_ctx.append(_engine_lifetime)
@@ -80,6 +99,7 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
     await services.card_publisher.close()
+    await services.audit.close()
     await services.engine.dispose()
 
 

@@ -1,4 +1,4 @@
-"""``telemed``: serve, recorder, demo, card, db upgrade."""
+"""``telemed``: serve, recorder, demo, card, audit verify, protocol verify, db upgrade."""
 
 from __future__ import annotations
 
@@ -15,9 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from emr_bridge import list_dead_letters, outbox_counts, retry_dead_letter
+from recorder import StorageConfigError, open_store
+from recorder.storage import StorageError
 from telemed.app import create_app, create_recorder_app
 from telemed.db import pending_migrations, upgrade
 from telemed.demo import DemoConsultation, demo_consultation
+from telemed.protocols import verify_protocol
 from telemed.services import Services, build_services
 from telemed.settings import Settings, SettingsError, load_settings
 from telemed.web.fhir import CARD_CLIENT_ROLE
@@ -99,6 +102,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     outbox.add_argument("--retry", type=int, metavar="ID", help="queue a dead letter again")
     outbox.set_defaults(handler=_card_outbox)
+
+    audit = commands.add_parser("audit", help="the tamper-evident audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_verify = audit_commands.add_parser(
+        "verify",
+        help="walk the hash chain with the audit key; a non-zero exit names the first "
+        "broken entry (edited, deleted, reordered or truncated)",
+    )
+    audit_verify.set_defaults(handler=_audit_verify)
+
+    protocol = commands.add_parser("protocol", help="recorded consultations' signed protocols")
+    protocol_commands = protocol.add_subparsers(dest="protocol_command", required=True)
+    protocol_verify = protocol_commands.add_parser(
+        "verify",
+        help="check a protocol's signature and every stored object it names (size, "
+        "SHA-256); a non-zero exit names each mismatch",
+    )
+    protocol_verify.add_argument("consultation_id", help="the consultation's id")
+    protocol_verify.set_defaults(handler=_protocol_verify)
 
     db = commands.add_parser("db", help="database maintenance")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -222,6 +244,40 @@ async def _card_outbox(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
+    services = await _ready_services(settings)
+    try:
+        report = await services.audit.verify()
+    finally:
+        await services.engine.dispose()
+    if not report.intact:
+        raise CommandError(report.describe())
+    print(report.describe())
+    return 0
+
+
+async def _protocol_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Reads storage only (no database): works on a copy of the storage alone."""
+    try:
+        store = open_store(settings.storage)
+    except StorageConfigError as exc:
+        raise CommandError(f"cannot open the storage: {exc}") from None
+    async with store:
+        try:
+            report = await verify_protocol(store, args.consultation_id)
+        except StorageError as exc:
+            raise CommandError(f"cannot read the storage: {exc}") from None
+    for check in report.checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.what}: {check.detail}")
+    if not report.ok:
+        for check in report.failures:
+            print(f"telemed: {check.what}: {check.detail}", file=sys.stderr)
+        print(f"protocol of {args.consultation_id}: {len(report.failures)} check(s) failed")
+        return 1
+    print(f"protocol of {args.consultation_id}: all {len(report.checks)} checks passed")
+    return 0
+
+
 async def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     services = build_services(settings, recorder=False)
     try:
@@ -242,6 +298,9 @@ def _for_people(links: DemoConsultation) -> str:
             "  Врач / doctor:     " + links.doctor_url,
             "  Пациент / patient: " + links.patient_url,
             f"  (the doctor can also sign in as {links.doctor_username} / {links.doctor_password})",
+            "  (sign-in and signing records ask the doctor for a code: use an authenticator"
+            f" app with secret {links.doctor_totp_secret}, or"
+            f" `oathtool --totp -b {links.doctor_totp_secret}`)",
             "",
         ]
     )

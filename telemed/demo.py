@@ -21,6 +21,10 @@ DEMO_DOCTOR_USERNAME = "doctor"
 DEMO_PATIENT_USERNAME = "patient"
 # Printed by `telemed serve --demo`; a demo clinic is for trying telemed out, never for patients.
 DEMO_PASSWORD = "demo"  # noqa: S105
+# The demo doctor's TOTP secret, fixed and documented (README, `telemed demo`) so anyone
+# trying telemed can add it to an authenticator app: sign-in and clinical step-up need a
+# code from it. Like the password, it is only for the demo clinic.
+DEMO_DOCTOR_TOTP_SECRET = "TELEMEDDEMODOCTORSECRETKEY234567"  # noqa: S105
 APPOINTMENT_LENGTH = timedelta(minutes=30)
 
 
@@ -35,6 +39,8 @@ class DemoConsultation:
     doctor_access_token: str
     doctor_username: str
     doctor_password: str
+    # Base32 TOTP secret of the demo doctor's second factor (an authenticator app's input).
+    doctor_totp_secret: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +103,8 @@ async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultat
     patient_account = await accounts.account(DEMO_PATIENT_USERNAME)
     if doctor_account is None or patient_account is None or not doctor_account.practitioner_id:
         raise RuntimeError("the database holds a clinic but not the demo accounts")
+    # Also for a demo database seeded before the second factor existed.
+    await accounts.ensure_totp(doctor_account.id, DEMO_DOCTOR_TOTP_SECRET)
     appointment_id = None if fresh else await _open_demo_appointment(sessions, doctor_account)
     if appointment_id is None:
         async with sessions.begin() as session:
@@ -121,6 +129,7 @@ async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultat
         doctor_access_token=access_token,
         doctor_username=DEMO_DOCTOR_USERNAME,
         doctor_password=DEMO_PASSWORD,
+        doctor_totp_secret=DEMO_DOCTOR_TOTP_SECRET,
     )
 
 

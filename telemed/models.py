@@ -6,6 +6,7 @@ from sqlalchemy import MetaData
 
 
 def register_all() -> None:
+    import telemed.audit.models
     import telemed.consultations.clinical_models
     import telemed.consultations.models
     import telemed.identity.models  # noqa: F401

@@ -11,18 +11,20 @@ from aiortc import RTCIceServer
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from emr_bridge import BridgeResult, CardBridge, FhirRepository
-from emr_bridge.audit import LoggingCardAuditSink
 from recorder import Recorder, Spool, open_store
 from signaling import ConsultationNamespace, RecordingState
+from telemed.audit import AuditLog, CardAuditLog, load_audit_key
 from telemed.card_upstream import CardUpstream
 from telemed.consultations.card import CardPublisher
 from telemed.consultations.clinical import ClinicalService, Icd10Index
 from telemed.consultations.recordings import RecordingService
 from telemed.consultations.service import ConsultationService
 from telemed.db import create_engine, session_factory
-from telemed.identity.accounts import AccountService
+from telemed.identity.accounts import AccountService, LoginPolicy
 from telemed.identity.keys import KeyRing
+from telemed.identity.stepup import StepUpRule
 from telemed.identity.tokens import TokenService
+from telemed.protocols import PractitionerKeys, ProtocolPdf, resolve_font
 from telemed.settings import Settings
 
 # Engine.IO refuses larger frames outright; our own schemas refuse anything that is
@@ -49,6 +51,8 @@ class Services:
     namespace: ConsultationNamespace
     # None when TELEMED_RECORDING is off.
     recorder: Recorder | None
+    # The hash-chained audit log (the card reports into it too).
+    audit: AuditLog
 
 
 SERVICES = web.AppKey("services", Services)
@@ -93,7 +97,15 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
     if built is not None:
         consultations.add_recording_listener(_recorder_follows(built))
     clinical = ClinicalService(sessions, Icd10Index.who())
-    card = FhirRepository(engine, LoggingCardAuditSink())
+    if settings.recording:
+        recordings.set_protocol_authoring(
+            PractitionerKeys(settings.practitioner_keys_dir),
+            ProtocolPdf(resolve_font(settings.pdf_font)),
+            clinical,
+        )
+    clinical.set_strong_authentication(StepUpRule(settings.step_up_max_age_seconds))
+    audit = AuditLog(engine, load_audit_key(settings))
+    card = FhirRepository(engine, CardAuditLog(audit))
     storage_url_of = open_store(settings.storage).url if settings.recording else str
     upstream = CardUpstream(engine, settings) if settings.fhir_upstream_url else None
 
@@ -115,7 +127,16 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         engine=engine,
         sessions=sessions,
         tokens=tokens,
-        accounts=AccountService(sessions, tokens, settings.access_token_ttl_seconds),
+        accounts=AccountService(
+            sessions,
+            tokens,
+            settings.access_token_ttl_seconds,
+            LoginPolicy(
+                max_failures=settings.login_max_failures,
+                lockout_seconds=settings.login_lockout_seconds,
+                refresh_ttl_seconds=settings.refresh_token_ttl_seconds,
+            ),
+        ),
         consultations=consultations,
         recordings=recordings,
         clinical=clinical,
@@ -125,6 +146,7 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         sio=sio,
         namespace=namespace,
         recorder=built,
+        audit=audit,
     )
 
 

@@ -7,11 +7,12 @@ fields, so ``signaling`` never has to know about pydantic or the environment.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recorder.storage import StorageConfigError, StorageSettings
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
         description="Public base URL of the recorder's WHIP endpoints (/whip/...); "
         "the public URL when unset (the recorder runs inside `telemed serve`).",
     )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or networks of the reverse proxies in "
+        "front; their X-Forwarded-For names the client (consent journal, audit log).",
+    )
     redis_url: str | None = Field(
         default=None,
         description="Redis for Socket.IO fan-out across several nodes; in-process when unset.",
@@ -65,6 +71,23 @@ class Settings(BaseSettings):
     )
     join_ticket_ttl_seconds: int = Field(
         default=7200, ge=60, description="Lifetime of a join ticket (the link a participant opens)."
+    )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Failed sign-ins (wrong password or code) before a username is locked.",
+    )
+    login_lockout_seconds: int = Field(
+        default=900, ge=1, description="How long a username stays locked after too many failures."
+    )
+    step_up_max_age_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="Finalizing clinical records needs a second factor at most this old.",
+    )
+    refresh_token_ttl_seconds: int = Field(
+        default=7 * 86400, ge=60, description="Lifetime of a refresh token (each use rotates it)."
     )
 
     reconnect_grace_seconds: int = Field(
@@ -117,6 +140,12 @@ class Settings(BaseSettings):
         default=True,
         description="Offer recording (with every participant's consent); false turns it off.",
     )
+    pdf_font: Path | None = Field(
+        default=None,
+        description="Cyrillic TrueType font embedded in protocol.pdf (a -Bold.ttf beside it "
+        "is used for headings); when unset, Roboto from the font-roboto package, else "
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf.",
+    )
     storage_url: str | None = Field(
         default=None,
         description="Where recordings and protocols go: file:///dir or s3://bucket/prefix; "
@@ -167,7 +196,26 @@ class Settings(BaseSettings):
         description="Send SHA-256 checksums to S3; turn off for servers that reject them.",
     )
 
-    @field_validator("stun_urls", "turn_urls", mode="before")
+    audit_key: SecretStr | None = Field(
+        default=None,
+        description="Key of the audit log's MAC (at least 32 characters); never stored in "
+        "the database. DATA_DIR/keys/audit.key (generated) when neither is set.",
+    )
+    audit_key_path: Path | None = Field(
+        default=None, description="File holding the audit log's key, instead of TELEMED_AUDIT_KEY."
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an IP address or network") from None
+        return proxies
+
+    @field_validator("stun_urls", "turn_urls", "trusted_proxies", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split_list(value)
@@ -234,6 +282,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("audit_key")
+    @classmethod
+    def _audit_key_length(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value().strip()) < 32:
+            raise ValueError("the audit key must be at least 32 characters")
+        return key
+
+    @model_validator(mode="after")
+    def _audit_key_once(self) -> Settings:
+        if self.audit_key is not None and self.audit_key_path is not None:
+            raise ValueError("set TELEMED_AUDIT_KEY or TELEMED_AUDIT_KEY_PATH, not both")
+        return self
+
     @model_validator(mode="after")
     def _turn_secret_once(self) -> Settings:
         if self.turn_secret and self.turn_secret_path:
@@ -298,6 +359,11 @@ class Settings(BaseSettings):
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
 
+    @property
+    def practitioner_keys_dir(self) -> Path:
+        """Doctors' protocol-signing keys, one PEM file each (never in the database)."""
+        return self.keys_dir / "practitioners"
+
     @cached_property
     def signaling(self) -> SignalingSettings:
         secret = self.turn_secret
@@ -326,10 +392,14 @@ def load_settings(**overrides: Any) -> Settings:
         path = settings.fhir_upstream_token_path
         if path is not None and not path.is_file():
             raise SettingsError(f"TELEMED_FHIR_UPSTREAM_TOKEN_PATH: no such file: {path}")
+        if settings.audit_key_path is not None and not settings.audit_key_path.is_file():
+            raise SettingsError(f"TELEMED_AUDIT_KEY_PATH: no such file: {settings.audit_key_path}")
         if settings.turn_secret_path is not None and not settings.turn_secret_path.is_file():
             raise SettingsError(
                 f"TELEMED_TURN_SECRET_PATH: no such file: {settings.turn_secret_path}"
             )
+        if settings.recording:
+            _check_pdf_font(settings.pdf_font)
         try:
             settings.storage  # noqa: B018 - validates the combination of storage settings
         except StorageConfigError as exc:
@@ -365,6 +435,18 @@ def _storage_variables(message: str) -> str:
         if words in lowered:
             return variable
     return "TELEMED_STORAGE_URL"
+
+
+def _check_pdf_font(setting: Path | None) -> None:
+    """Protocols need a Cyrillic font: refuse to start without one (the error names
+    TELEMED_PDF_FONT)."""
+    # Imported here: fpdf2 loads only where settings ask for recording.
+    from telemed.protocols.pdf import PdfFontError, resolve_font
+
+    try:
+        resolve_font(setting)
+    except PdfFontError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def settings_table() -> list[tuple[str, str, str]]:

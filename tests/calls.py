@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
@@ -54,3 +55,29 @@ async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
         while not (result := await predicate()):  # noqa: ASYNC110 - polls the database
             await asyncio.sleep(0.1)
     return result
+
+
+# A valid prescription as the clinical API takes it.
+PRESCRIPTION: dict[str, Any] = {
+    "inn": "Парацетамол",
+    "form": "tablet",
+    "dose_value": 500,
+    "dose_unit": "mg",
+    "route": "oral",
+    "times_per_day": 3,
+    "duration_days": 5,
+    "quantity": 1,
+    "quantity_unit": "package",
+    "valid_days": 60,
+}
+
+
+async def request(
+    http: aiohttp.ClientSession, method: str, url: str, token: str, body: Any = None
+) -> Any:
+    """A JSON request with a bearer token that must succeed; its JSON answer."""
+    async with http.request(
+        method, url, json=body, headers={"Authorization": f"Bearer {token}"}
+    ) as response:
+        assert response.status < 300, await response.text()
+        return await response.json(content_type=None)

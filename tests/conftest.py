@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -184,3 +185,10 @@ async def peers(app: RunningApp) -> AsyncIterator[Callable[[], Peer]]:
     yield make
     for peer in made:
         await peer.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client, closed at the end of the test."""
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -38,7 +38,12 @@ class Peer:
             if not self._refusal.done():
                 self._refusal.set_result(data)
 
-    async def connect(self, ticket: str | None, consultation_id: str | None = None) -> None:
+    async def connect(
+        self,
+        ticket: str | None,
+        consultation_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         auth: dict[str, Any] = {}
         if ticket is not None:
             auth["ticket"] = ticket
@@ -50,6 +55,7 @@ class Peer:
                 namespaces=[NAMESPACE],
                 auth=auth,
                 transports=["websocket"],
+                headers=headers or {},
                 wait_timeout=5,
             )
         except socketio.exceptions.ConnectionError:

@@ -121,13 +121,11 @@ class UploadedPart:
     sha256: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "size": self.size, "etag": self.etag,
-                "sha256": self.sha256}
+        return {"number": self.number, "size": self.size, "etag": self.etag, "sha256": self.sha256}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UploadedPart:
-        return cls(int(data["number"]), int(data["size"]), str(data["etag"]),
-                   str(data["sha256"]))
+        return cls(int(data["number"]), int(data["size"]), str(data["etag"]), str(data["sha256"]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -58,8 +58,14 @@ _INTERNAL = ".telemed"
 _COPY_CHUNK = 1024 * 1024
 # Failures a later attempt can get past: a full or flaky volume, a stale NFS handle.
 _TRANSIENT_ERRNOS = {
-    errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN,
-    errno.EINTR, errno.EBUSY,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EIO,
+    errno.ESTALE,
+    errno.ETIMEDOUT,
+    errno.EAGAIN,
+    errno.EINTR,
+    errno.EBUSY,
 }
 
 
@@ -148,9 +154,11 @@ class FileSystemStore(ObjectStore):
         if not path.is_file():
             raise ObjectNotFoundError(f"no object {key}")
         meta = self._read_meta(key)
-        if meta is not None and meta.get("inode") == stat.st_ino and meta.get(
-            "size"
-        ) == stat.st_size:
+        if (
+            meta is not None
+            and meta.get("inode") == stat.st_ino
+            and meta.get("size") == stat.st_size
+        ):
             return ObjectInfo(
                 key=key,
                 size=stat.st_size,

@@ -89,8 +89,14 @@ _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _UPLOAD_LOST = {"NoSuchUpload", "InvalidPart", "InvalidPartOrder"}
 _TRANSIENT = {
     "NoSuchBucket",  # the bucket may be (re)created; the spool keeps the bytes meanwhile
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "OperationAborted",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
 }
 
 
@@ -240,7 +246,7 @@ class S3Store(ObjectStore):
             entries = []
             for page in paginator.paginate(Bucket=self.bucket, Prefix=base + prefix):
                 for item in page.get("Contents", []):
-                    entries.append(ObjectEntry(item["Key"][len(base):], int(item["Size"])))
+                    entries.append(ObjectEntry(item["Key"][len(base) :], int(item["Size"])))
             return entries
 
         entries = await self._call(prefix or "/", collect)
@@ -344,8 +350,7 @@ class S3Store(ObjectStore):
             raise ValueError("parts must be numbered 1..n without gaps")
         if upload.size != size:
             raise IntegrityError(
-                f"the parts of the upload to {upload.key} add up to {upload.size} bytes, "
-                f"not {size}"
+                f"the parts of the upload to {upload.key} add up to {upload.size} bytes, not {size}"
             )
         parts = []
         for part in upload.parts:

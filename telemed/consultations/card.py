@@ -61,6 +61,8 @@ class _Facts:
     participants: Sequence[Participant]
     consents: Sequence[ConsultationEvent]
     segments: Sequence[RecordingSegment]
+    # The ``recording_final`` event: it names the protocol's PDF and signature.
+    final: ConsultationEvent | None = None
 
 
 class CardPublisher:
@@ -142,6 +144,7 @@ class CardPublisher:
                 if s.status in _STORED_SEGMENTS and s.sha256
             ),
             protocol=self._protocol(consultation),
+            protocol_pdf=self._protocol_pdf(facts),
             consent=self._consent(facts),
             note=_note(record, facts.practitioner),
             diagnoses=_diagnoses(record),
@@ -190,6 +193,15 @@ class CardPublisher:
                     .order_by(RecordingSegment.started_at, RecordingSegment.id)
                 )
             ).all()
+            final = await session.scalar(
+                select(ConsultationEvent)
+                .where(
+                    ConsultationEvent.consultation_id == consultation_id,
+                    ConsultationEvent.kind == EventKind.RECORDING_FINAL.value,
+                )
+                .order_by(ConsultationEvent.id.desc())
+                .limit(1)
+            )
         return _Facts(
             consultation,
             appointment,
@@ -199,6 +211,7 @@ class CardPublisher:
             participants,
             consents,
             segments,
+            final,
         )
 
     def _protocol(self, consultation: Consultation) -> StoredFile | None:
@@ -212,6 +225,20 @@ class CardPublisher:
             title="Протокол консультации",
             created_at=consultation.recording_final_at,
         )
+
+    def _protocol_pdf(self, facts: _Facts) -> StoredFile | None:
+        data = (facts.final.data or {}) if facts.final is not None else {}
+        for document in data.get("documents") or ():
+            if document.get("content_type") == "application/pdf" and document.get("sha256"):
+                return StoredFile(
+                    url=self._url_of(document["key"]),
+                    content_type="application/pdf",
+                    size=int(document.get("size") or 0),
+                    sha256_hex=document["sha256"],
+                    title="Протокол консультации (PDF)",
+                    created_at=facts.consultation.recording_final_at,
+                )
+        return None
 
     @staticmethod
     def _consent(facts: _Facts) -> RecordingConsent:

@@ -8,6 +8,7 @@ and reports every segment back into the same database, with a timeline event eac
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,18 +20,34 @@ from recorder import (
     ConsentRecord,
     ObjectInfo,
     ProtocolContext,
+    ProtocolDocument,
     ProtocolEvent,
     ProtocolParticipant,
+    ProtocolParty,
+    ProtocolSignature,
+    ProtocolSigner,
     PublishGrant,
     SegmentRecord,
+    signature_key,
 )
+from telemed.consultations.clinical import ClinicalService
 from telemed.consultations.events import EventKind
-from telemed.consultations.models import Consultation, Participant, RecordingSegment
+from telemed.consultations.models import (
+    Appointment,
+    Clinic,
+    Consultation,
+    Participant,
+    Patient,
+    Practitioner,
+    RecordingSegment,
+)
 from telemed.consultations.service import in_the_call
 from telemed.consultations.state import ConsultationState
 from telemed.consultations.store import ConsultationStore
 from telemed.identity.tokens import TokenError, TokenService
 from telemed.problems import Conflict, Forbidden, NotFound, Unauthorized
+from telemed.protocols import PractitionerKeys, ProtocolPdf
+from telemed.protocols.wording import protocol_clinical
 
 # Told after the recording of a consultation became final (the card bridge listens).
 FinalListener = Callable[[str], Awaitable[None]]
@@ -63,6 +80,19 @@ class RecordingService:
         self._store = ConsultationStore()
         self._final_listeners: list[FinalListener] = []
         self._notifiers: list[Notifier] = []
+        # Signed protocols (see set_protocol_authoring); unsigned, without a PDF, until set.
+        self._signing_keys: PractitionerKeys | None = None
+        self._protocol_pdf: ProtocolPdf | None = None
+        self._clinical: ClinicalService | None = None
+
+    def set_protocol_authoring(
+        self, keys: PractitionerKeys, pdf: ProtocolPdf | None, clinical: ClinicalService
+    ) -> None:
+        """Protocols are signed with the doctor's key from ``keys``, rendered by ``pdf``,
+        and carry the clinical record as ``clinical`` has it at the end."""
+        self._signing_keys = keys
+        self._protocol_pdf = pdf
+        self._clinical = clinical
 
     def add_final_listener(self, listener: FinalListener) -> None:
         self._final_listeners.append(listener)
@@ -72,12 +102,15 @@ class RecordingService:
 
     # Who may publish -------------------------------------------------------------------
 
-    async def authorize_publish(self, ticket: str | None, consultation_id: str) -> PublishGrant:
+    async def authorize_publish(
+        self, ticket: str | None, consultation_id: str, instance: str | None = None
+    ) -> PublishGrant:
         """The participant a WHIP request publishes for, if they may be recorded now.
 
         Unauthorized (401) for a missing, forged or expired ticket; Forbidden (403) for a
         ticket of another consultation; Conflict (409) while the consultation is not
-        being recorded or this participant has not consented."""
+        being recorded or this participant has not consented; Conflict ``superseded``
+        when ``instance`` (the publishing page) is not the participant's current page."""
         try:
             claims = self._tokens.verify_ticket(ticket)
         except TokenError as exc:
@@ -100,6 +133,8 @@ class RecordingService:
             raise Conflict("you have not consented to recording", code="no-consent")
         if not in_the_call(participant, self._clock(), self._grace):
             raise Conflict("you are not in the call", code="not-in-call")
+        if instance is not None and participant.instance not in (None, instance):
+            raise Conflict("another page of yours has joined the call since", code="superseded")
         return PublishGrant(consultation_id=consultation_id, participant_id=participant.id)
 
     async def allowed_publishers(
@@ -262,6 +297,15 @@ class RecordingService:
                     .order_by(RecordingSegment.started_at, RecordingSegment.id)
                 )
             ).all()
+            appointment = await session.get(Appointment, consultation.appointment_id)
+            clinic = practitioner = patient = None
+            if appointment is not None:
+                clinic = await session.get(Clinic, appointment.clinic_id)
+                practitioner = await session.get(Practitioner, appointment.practitioner_id)
+                patient = await session.get(Patient, appointment.patient_id)
+        clinical = None
+        if self._clinical is not None:
+            clinical = protocol_clinical(await self._clinical.record(consultation_id))
         return ProtocolContext(
             consultation_id=consultation.id,
             session_id=consultation.session_id,
@@ -283,7 +327,35 @@ class RecordingService:
             timeline=[
                 ProtocolEvent(e.at, e.kind, e.participant_id, e.text, e.data) for e in events
             ],
+            clinic=ProtocolParty(clinic.id, clinic.name) if clinic else None,
+            practitioner=(
+                ProtocolParty(practitioner.id, practitioner.display_name) if practitioner else None
+            ),
+            patient=ProtocolParty(patient.id, patient.display_name) if patient else None,
+            clinical=clinical,
         )
+
+    async def protocol_signer(self, consultation_id: str) -> ProtocolSigner | None:
+        """The consultation's doctor's key (created on first use)."""
+        if self._signing_keys is None:
+            return None
+        async with self._sessions() as session:
+            practitioner_id = await session.scalar(
+                select(Appointment.practitioner_id)
+                .join(Consultation, Consultation.appointment_id == Appointment.id)
+                .where(Consultation.id == consultation_id)
+            )
+        if practitioner_id is None:
+            raise NotFound("no such consultation", code="unknown-consultation")
+        return await asyncio.to_thread(self._signing_keys.signer_for, practitioner_id)
+
+    async def protocol_documents(
+        self, document: Mapping[str, Any], signer: ProtocolSigner | None
+    ) -> Sequence[ProtocolDocument]:
+        if self._protocol_pdf is None:
+            return ()
+        data = await asyncio.to_thread(self._protocol_pdf.render, document)
+        return (ProtocolDocument("protocol.pdf", "application/pdf", data),)
 
     async def protocol_stored_already(self, consultation_id: str) -> bool:
         async with self._sessions() as session:
@@ -292,8 +364,29 @@ class RecordingService:
             )
         return final_at is not None
 
-    async def protocol_stored(self, consultation_id: str, info: ObjectInfo) -> None:
+    async def protocol_stored(
+        self,
+        consultation_id: str,
+        info: ObjectInfo,
+        *,
+        signature: ProtocolSignature | None = None,
+        documents: Sequence[ObjectInfo] = (),
+    ) -> None:
         now = self._clock()
+        # The timeline event is where the card finds the signature and the PDF.
+        final: dict[str, Any] = {"protocol": info.key, "sha256": info.sha256}
+        if signature is not None:
+            final["signature"] = {
+                "key": signature_key(consultation_id),
+                "algorithm": signature.algorithm,
+                "key_id": signature.key_id,
+                "fingerprint": signature.fingerprint,
+            }
+        if documents:
+            final["documents"] = [
+                {"key": d.key, "content_type": d.content_type, "size": d.size, "sha256": d.sha256}
+                for d in documents
+            ]
         async with self._sessions.begin() as session:
             result = await session.execute(
                 update(Consultation)
@@ -315,7 +408,7 @@ class RecordingService:
                     consultation_id,
                     EventKind.RECORDING_FINAL,
                     now,
-                    data={"protocol": info.key, "sha256": info.sha256},
+                    data=final,
                 )
         if first:
             for listener in self._final_listeners:

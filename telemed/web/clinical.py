@@ -42,6 +42,7 @@ from telemed.consultations.clinical import (
 from telemed.identity.tokens import AccessClaims
 from telemed.problems import BadRequest
 from telemed.services import SERVICES
+from telemed.web.audit import AuditedRouter
 from telemed.web.routes import _claims
 
 CLINICAL = web.AppKey("clinical", ClinicalService)
@@ -318,7 +319,8 @@ def setup(
     app[CLINICAL] = service
     base = f"/api/v1/consultations/{{consultation_id:{ID}}}"
     item = f"{{item_id:{ID}}}"
-    router = app.router
+    # Every route of a consultation's records writes an audit entry (telemed.web.audit).
+    router = AuditedRouter(app.router)
     router.add_get("/api/v1/icd10", search_icd10)
     router.add_get(f"{base}/clinical", workspace)
     router.add_get(f"{base}/note", get_note)

@@ -14,8 +14,9 @@ from sqlalchemy import text
 
 from telemed.demo import patient_link
 from telemed.identity.tokens import AccessClaims, TokenError
-from telemed.problems import BadRequest, Forbidden, Unauthorized
+from telemed.problems import BadRequest, Forbidden, Problem, Unauthorized
 from telemed.services import SERVICES, Services
+from telemed.web.audit import record_login
 from telemed.web.pages import render_page
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -32,6 +33,8 @@ class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     username: str = Field(min_length=1, max_length=100)
     password: str = Field(min_length=1, max_length=200)
+    # The TOTP code, once the account has a second factor (else 401 totp-required).
+    code: str | None = Field(default=None, max_length=16)
 
 
 async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
@@ -74,15 +77,22 @@ def _doctor(request: web.Request) -> str:
 
 async def login(request: web.Request) -> web.Response:
     body: LoginRequest = await _json_body(request, LoginRequest)
-    result = await _services(request).accounts.login(body.username, body.password)
+    try:
+        result = await _services(request).accounts.login(body.username, body.password, body.code)
+    except Problem as refusal:
+        await record_login(request, None, refusal.status)
+        raise
+    await record_login(request, result.access_token)
     return web.json_response(
         {
             "access_token": result.access_token,
             "token_type": "Bearer",
             "expires_in": result.expires_in,
+            "refresh_token": result.refresh_token,
             "role": result.role,
             "display_name": result.display_name,
-        }
+        },
+        headers=NO_STORE,
     )
 
 

@@ -32,6 +32,7 @@ from telemed.problems import (
     problem_response,
 )
 from telemed.services import SERVICES, Services
+from telemed.web.audit import audited_whip
 
 MAX_OFFER_BYTES = 64 * 1024
 ID_PATTERN = "[A-Za-z0-9-]{1,64}"
@@ -80,7 +81,10 @@ async def publish(request: web.Request) -> web.StreamResponse:
         )
     if request.content_length is not None and request.content_length > MAX_OFFER_BYTES:
         raise BadRequest("the offer is too large", code="payload-too-large", status=413)
-    grant = await services.recordings.authorize_publish(_bearer(request), consultation_id)
+    instance = request.headers.get("X-Telemed-Instance")
+    grant = await services.recordings.authorize_publish(
+        _bearer(request), consultation_id, instance[:64] if instance else None
+    )
     if services.recorder is None:
         raise Conflict("recording is turned off on this server", code="recording-off")
     body = await request.content.read(MAX_OFFER_BYTES + 1)
@@ -140,7 +144,9 @@ async def preflight(request: web.Request) -> web.StreamResponse:
     response = web.Response(status=204, headers={"Allow": allow})
     if request.headers.get("Origin") == _services(request).settings.effective_public_url:
         response.headers["Access-Control-Allow-Methods"] = allow
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+        response.headers["Access-Control-Allow-Headers"] = (
+            "Authorization, Content-Type, X-Telemed-Instance"
+        )
         response.headers["Access-Control-Max-Age"] = "600"
     return _cors(request, response)
 
@@ -166,8 +172,8 @@ def _readable_cross_origin(handler: Handler) -> Handler:
 def setup(app: web.Application) -> None:
     endpoint = f"/whip/{{consultation_id:{ID_PATTERN}}}"
     resource = f"{endpoint}/{{session_id:[0-9a-f]{{32}}}}"
-    app.router.add_post(endpoint, _readable_cross_origin(publish))
+    app.router.add_post(endpoint, _readable_cross_origin(audited_whip(publish)))
     app.router.add_route("OPTIONS", endpoint, preflight)
-    app.router.add_delete(resource, _readable_cross_origin(end_session))
+    app.router.add_delete(resource, _readable_cross_origin(audited_whip(end_session)))
     app.router.add_route("PATCH", resource, session_method_not_allowed)
     app.router.add_route("OPTIONS", resource, preflight)

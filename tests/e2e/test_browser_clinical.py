@@ -19,6 +19,7 @@ from telemed.settings import Settings
 from telemed.web import clinical
 from tests.conftest import RunningApp
 from tests.e2e.conftest import new_page
+from tests.stepup import strong_token
 
 pytestmark = pytest.mark.browser
 
@@ -47,11 +48,19 @@ async def app(settings: Settings) -> AsyncIterator[ClinicalApp]:
         await runner.cleanup()
 
 
-async def open_console(app: ClinicalApp, browser: Browser) -> tuple[str, str, Page]:
+async def open_console(
+    app: ClinicalApp, browser: Browser, *, stepped_up: bool = False
+) -> tuple[str, str, Page]:
+    """The console on a fresh demo consultation; ``stepped_up`` opens it with a token
+    that already shows a recent second factor (signing then asks for no code)."""
     demo = await app.demo()
+    token, url = demo.doctor_access_token, demo.doctor_url
+    if stepped_up:
+        token = await strong_token(app.url, token, demo.doctor_totp_secret)
+        url = url.replace(demo.doctor_access_token, token)
     page = await new_page(browser)
-    await start(page, demo.doctor_url, demo.consultation_id)
-    return demo.consultation_id, demo.doctor_access_token, page
+    await start(page, url, demo.consultation_id)
+    return demo.consultation_id, token, page
 
 
 async def start(page: Page, doctor_url: str, consultation_id: str) -> None:
@@ -128,7 +137,7 @@ async def test_a_note_typed_offline_in_a_tab_that_closed_is_saved_next_time(
 
 
 async def test_the_doctor_codes_prescribes_and_signs(app: ClinicalApp, browser: Browser) -> None:
-    cid, _, page = await open_console(app, browser)
+    cid, _, page = await open_console(app, browser, stepped_up=True)
     await page.get_by_test_id("note-complaints").fill("Насморк, першение в горле")
     await page.get_by_test_id("note-conclusion").fill("Острая инфекция верхних дыхательных путей")
 

@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import tempfile
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Browser, expect
 
 from tests.conftest import RunningApp
 from tests.e2e.conftest import in_browser_call
-from tests.recorder.media import decode_file
+from tests.recorder.media import decode_bytes
 
 TALK_SECONDS = 10
 
@@ -68,10 +66,7 @@ async def test_a_consented_call_is_recorded_per_participant_with_a_protocol(
         assert segment["status"] == "final"
         assert segment["sha256"] == hashlib.sha256(data).hexdigest()
         assert segment["bytes"] == len(data)
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "segment.webm"
-            path.write_bytes(data)
-            decoded = decode_file(path)
+        decoded = decode_bytes(data)
         assert decoded.errors == []
         video = decoded.stream("video")
         assert video.decoded_frames > 0

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from tests.calls import patient_id, recording_call, until
 from tests.conftest import RunningApp, unavailable
 from tests.e2e.conftest import new_page
 from tests.peers import Peer
-from tests.recorder.media import decode_file
+from tests.recorder.media import decode_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY = ROOT / "node_modules" / "whip-whep" / "whip.js"
@@ -205,10 +204,7 @@ async def test_a_third_party_whip_client_publishes_a_recording_the_protocol_vouc
     assert listed["status"] == "final"
     assert listed["bytes"] == len(data)
     assert listed["sha256"] == hashlib.sha256(data).hexdigest() == segment.sha256
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "segment.webm"
-        path.write_bytes(data)
-        decoded = decode_file(path)
+    decoded = decode_bytes(data)
     assert decoded.errors == []
     video = decoded.stream("video")
     assert video.decoded_frames > 0

@@ -6,22 +6,25 @@ import aiohttp
 import pytest
 
 from tests.conftest import RunningApp
+from tests.stepup import totp_code
 
 PROBLEM = "application/problem+json"
 
 
 async def login(
-    session: aiohttp.ClientSession, url: str, password: str = "demo"
+    session: aiohttp.ClientSession, url: str, password: str = "demo", code: str | None = None
 ) -> aiohttp.ClientResponse:
-    return await session.post(
-        f"{url}/api/v1/login", json={"username": "doctor", "password": password}
-    )
+    body = {"username": "doctor", "password": password}
+    if code is not None:
+        body["code"] = code
+    return await session.post(f"{url}/api/v1/login", json=body)
 
 
 async def test_a_doctor_logs_in_sees_today_and_starts_a_consultation(app: RunningApp) -> None:
     demo = await app.demo()
     async with aiohttp.ClientSession() as http:
-        response = await login(http, app.url)
+        # The demo doctor has a second factor (the demo's documented TOTP secret).
+        response = await login(http, app.url, code=totp_code(demo.doctor_totp_secret))
         assert response.status == 200
         token = (await response.json())["access_token"]
         auth = {"Authorization": f"Bearer {token}"}

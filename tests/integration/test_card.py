@@ -5,46 +5,18 @@ later; the patient reads all of it over FHIR, and nothing is written twice."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 
 from telemed.consultations.models import Consultation
-from tests.calls import in_call, until
+from tests.calls import PRESCRIPTION, in_call, request, until
 from tests.conftest import RunningApp
 from tests.peers import Peer
+from tests.stepup import strong_token
 
 FHIR = "application/fhir+json"
-PRESCRIPTION: dict[str, Any] = {
-    "inn": "Парацетамол",
-    "form": "tablet",
-    "dose_value": 500,
-    "dose_unit": "mg",
-    "route": "oral",
-    "times_per_day": 3,
-    "duration_days": 5,
-    "quantity": 1,
-    "quantity_unit": "package",
-    "valid_days": 60,
-}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-async def request(
-    http: aiohttp.ClientSession, method: str, url: str, token: str, body: Any = None
-) -> Any:
-    async with http.request(
-        method, url, json=body, headers={"Authorization": f"Bearer {token}"}
-    ) as response:
-        assert response.status < 300, await response.text()
-        return await response.json(content_type=None)
 
 
 async def patient_token(http: aiohttp.ClientSession, app: RunningApp) -> str:
@@ -70,7 +42,8 @@ async def test_a_finished_consultation_is_written_into_the_patients_card(
     await doctor.call("consent", {"accepted": True})
     await patient.call("consent", {"accepted": True})
     clinical = f"{app.url}/api/v1/consultations/{demo.consultation_id}"
-    token = demo.doctor_access_token
+    # Finalizing needs a recent second factor: a real step-up with the demo's TOTP secret.
+    token = await strong_token(app.url, demo.doctor_access_token, demo.doctor_totp_secret)
     note = await request(
         http,
         "PUT",
@@ -102,8 +75,12 @@ async def test_a_finished_consultation_is_written_into_the_patients_card(
         assert kind in kinds, kind
     (condition,) = [r for r in everything if r["resourceType"] == "Condition"]
     assert condition["code"]["coding"][0]["code"] == "J06.9"
-    (protocol,) = [r for r in everything if r["resourceType"] == "DocumentReference"]
-    assert protocol["content"][0]["attachment"]["contentType"] == "application/json"
+    # The protocol twice: the signed JSON manifest and its PDF rendering.
+    documents = [r for r in everything if r["resourceType"] == "DocumentReference"]
+    assert sorted(d["content"][0]["attachment"]["contentType"] for d in documents) == [
+        "application/json",
+        "application/pdf",
+    ]
 
     # Signed after the call: the card gains the prescription and nothing else changes.
     before = len(everything)

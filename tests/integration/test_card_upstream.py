@@ -122,6 +122,10 @@ async def test_the_card_reaches_an_upstream_that_was_down_exactly_once(
         reader,
         f"DocumentReference?encounter=Encounter/{encounter['id']}",
     )
-    assert len(documents) == 1  # the protocol
+    # The protocol, as signed JSON and as the readable PDF.
+    assert sorted(d["content"][0]["attachment"]["contentType"] for d in documents) == [
+        "application/json",
+        "application/pdf",
+    ]
     status = await asyncio.to_thread(clinic.cli, "card", "outbox")
     assert "dead: 0" in status

@@ -26,6 +26,7 @@ from telemed.services import build_services
 from telemed.settings import Settings
 from telemed.web import clinical
 from tests.conftest import RunningApp
+from tests.stepup import strong_token
 
 PROBLEM = "application/problem+json"
 
@@ -94,8 +95,10 @@ class Api:
 
 
 async def doctor_api(http: aiohttp.ClientSession, app: ClinicalApp) -> tuple[Api, DemoConsultation]:
+    """The demo doctor's API after a real TOTP step-up (finalizing needs one)."""
     demo = await app.demo()
-    return Api(http, app, demo.consultation_id, demo.doctor_access_token), demo
+    token = await strong_token(app.url, demo.doctor_access_token, demo.doctor_totp_secret)
+    return Api(http, app, demo.consultation_id, token), demo
 
 
 async def other_doctor_token(app: ClinicalApp, clinic_from: DemoConsultation) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from signaling import RecordingState
 from telemed.consultations.events import EventKind
 from tests.calls import in_call
@@ -142,3 +144,21 @@ async def test_a_participant_who_hangs_up_and_comes_back_is_asked_again(
     assert back["status"] == "admitted"
     assert back["recording"]["active"] is False
     assert back["recording"]["consents"][lobby["participant_id"]] is None
+
+
+@pytest.mark.settings(trusted_proxies=["127.0.0.1"])
+async def test_behind_a_trusted_proxy_the_journal_names_the_client_not_the_proxy(
+    app: RunningApp, peers: Callable[[], Peer]
+) -> None:
+    demo, _, _ = await in_call(app, peers)
+    patient = peers()
+    # The patient's page comes back through the proxy, which names the client.
+    await patient.connect(
+        demo.patient_token, demo.consultation_id, headers={"X-Forwarded-For": "203.0.113.7"}
+    )
+    await patient.join("pat-through-proxy")
+    await patient.call("consent", {"accepted": True})
+
+    events = await consent_events(app, demo.consultation_id)
+    (given,) = [entry for kind, entry in events if kind is EventKind.CONSENT_GIVEN]
+    assert given.data == {"address": "203.0.113.7"}

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from telemed.settings import load_settings
 from tests.conftest import free_port
 from tests.peers import Peer
 from tests.processes import TelemedProcess
-from tests.recorder.media import DecodeReport, decode_file
+from tests.recorder.media import decode_bytes
 from tests.s3server import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, S3Server
 
 pytestmark = pytest.mark.timeout(300)
@@ -116,12 +115,6 @@ async def consented_call(url: str, demo: dict[str, Any]) -> tuple[Peer, Peer]:
     return doctor, patient
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
 async def publish(
     http: aiohttp.ClientSession, url: str, demo: dict[str, Any]
 ) -> tuple[RTCPeerConnection, str]:
@@ -142,13 +135,6 @@ async def publish(
         answer = await response.text()
     await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
     return pc, location
-
-
-def decoded(data: bytes) -> DecodeReport:
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "segment.webm"
-        path.write_bytes(data)
-        return decode_file(path)
 
 
 async def end_and_read_protocol(
@@ -199,7 +185,7 @@ async def test_a_recorder_killed_mid_call_uploads_what_it_had_on_restart(
     assert data is not None
     assert hashlib.sha256(data).hexdigest() == segment.sha256
     assert stored.metadata_sha256(segment.object_key) == segment.sha256
-    report = decoded(data)
+    report = decode_bytes(data)
     assert report.errors == []
     # At most a few seconds of the 6 recorded were still in memory at the kill.
     assert report.stream("video").duration >= 3.0
@@ -245,7 +231,7 @@ async def test_an_s3_outage_mid_call_loses_nothing(
     assert data is not None
     assert hashlib.sha256(data).hexdigest() == listed["sha256"]
     assert listed["bytes"] == len(data)
-    report = decoded(data)
+    report = decode_bytes(data)
     assert report.errors == []
     # All 8 seconds are there: the outage cost nothing.
     assert report.stream("video").duration >= 7.0

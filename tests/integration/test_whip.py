@@ -6,28 +6,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import tempfile
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 from telemed.consultations.models import Consultation
 from tests.calls import in_call, offer_from, patient_id, recording_call, until
 from tests.conftest import RunningApp
 from tests.peers import Peer
-from tests.recorder.media import decode_file
+from tests.recorder.media import decode_bytes
 
 SDP = "application/sdp"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
 
 
 async def test_a_published_stream_is_stored_playable_and_named_in_the_protocol(
@@ -79,17 +70,14 @@ async def test_a_published_stream_is_stored_playable_and_named_in_the_protocol(
 
     await until(protocol_stored)
     manifest = json.loads(await store.get(f"consultations/{demo.consultation_id}/protocol.json"))
-    assert manifest["version"] == 1
+    assert manifest["version"] == 2
     assert manifest["consultation"]["id"] == demo.consultation_id
     (listed,) = manifest["segments"]
     data = await store.get(listed["object_key"])
     assert listed["sha256"] == hashlib.sha256(data).hexdigest() == segment.sha256
     assert listed["bytes"] == len(data)
     assert [c["choice"] for c in manifest["consents"]] == ["accepted", "accepted"]
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "segment.webm"
-        path.write_bytes(data)
-        decoded = decode_file(path)
+    decoded = decode_bytes(data)
     assert decoded.errors == []
     assert decoded.stream("video").decoded_frames > 0
     assert decoded.stream("audio").decoded_frames > 0
@@ -130,6 +118,18 @@ async def test_whip_refusals_are_problems_with_the_right_status(
     await patient.call("consent", {"accepted": True})
     status, problem = await post(demo.patient_token, body="this is not SDP")
     assert (status, problem["type"]) == (400, "urn:telemed:problem:invalid-sdp")
+    # A page the participant has since replaced (another tab, a reload) is refused.
+    async with http.post(
+        endpoint,
+        data=offer,
+        headers={
+            "Content-Type": SDP,
+            "Authorization": f"Bearer {demo.patient_token}",
+            "X-Telemed-Instance": "an-older-page",
+        },
+    ) as response:
+        assert response.status == 409
+        assert (await response.json())["type"] == "urn:telemed:problem:superseded"
     # Nothing half-made is left behind: no segment row for a refused offer.
     assert await app.services.recordings.segments(demo.consultation_id) == []
 
@@ -176,10 +176,7 @@ async def test_a_full_disk_stops_recording_cleanly_tells_everyone_and_keeps_what
         assert segment.status == "final"
         data = await recorder.spool.store.get(segment.object_key)
         assert hashlib.sha256(data).hexdigest() == segment.sha256
-        with tempfile.TemporaryDirectory() as scratch:
-            path = Path(scratch) / "segment.webm"
-            path.write_bytes(data)
-            assert decode_file(path).errors == []
+        assert decode_bytes(data).errors == []
 
         # A new publication is refused while the disk is full, with a clear problem.
         retry = RTCPeerConnection(RTCConfiguration(iceServers=[]))

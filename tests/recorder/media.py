@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import math
+import tempfile
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -188,6 +189,14 @@ class DecodeReport:
 
     def stream(self, kind: str) -> StreamReport:
         return self.streams[kind]
+
+
+def decode_bytes(data: bytes, suffix: str = ".webm") -> DecodeReport:
+    """:func:`decode_file` on a recording held in memory (e.g. read from storage)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"recording{suffix}"
+        path.write_bytes(data)
+        return decode_file(path)
 
 
 def decode_file(path: Path) -> DecodeReport:

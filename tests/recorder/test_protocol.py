@@ -64,7 +64,7 @@ def test_segments_are_ordered_and_offset_from_the_earliest_start() -> None:
     manifest = build_protocol(context(second, doc, first), lambda key: "s3://b/" + key, T0)
 
     assert manifest["schema"] == PROTOCOL_SCHEMA
-    assert manifest["version"] == 1
+    assert manifest["version"] == 2
     assert [(s["participant_id"], s["sequence"]) for s in manifest["segments"]] == [
         ("doc", 1),
         ("pat", 1),
@@ -91,10 +91,10 @@ def test_nothing_recorded_still_gives_a_protocol_of_the_consultation() -> None:
     assert manifest["timeline"][0]["kind"] == "created"
 
 
-def test_the_stored_form_is_stable_utf8_json() -> None:
+def test_the_stored_form_is_stable_canonical_utf8_json() -> None:
     manifest = build_protocol(context(segment("doc", 1, 0.0)), str, T0)
     stored = protocol_bytes(manifest)
     assert stored == protocol_bytes(build_protocol(context(segment("doc", 1, 0.0)), str, T0))
-    assert stored.endswith(b"\n")
+    assert stored.startswith(b'{"clinic":null,"clinical":null,"consents":[')  # RFC 8785
     assert "Анна" in stored.decode("utf-8")
     assert json.loads(stored) == manifest

@@ -73,9 +73,31 @@ export async function apiRequest(path, { method = "GET", body, token } = {}) {
   return payload ?? {};
 }
 
-/** Sign in with a password. Resolves with `{access_token, token_type, expires_in, role}`. */
-export function login(username, password) {
-  return apiRequest("/login", { method: "POST", body: { username, password } });
+/**
+ * Sign in with a password, plus the TOTP `code` once the server asked for one (problem
+ * `totp-required`). Resolves with `{access_token, token_type, expires_in, refresh_token, role}`.
+ */
+export function login(username, password, code) {
+  const body = code ? { username, password, code } : { username, password };
+  return apiRequest("/login", { method: "POST", body });
+}
+
+/**
+ * Exchange an access token and a TOTP code for a fresh token that shows a recent second
+ * factor (needed to sign clinical records). Resolves with `{access_token, …}`.
+ */
+export function stepUp(token, code) {
+  return apiRequest("/token/step-up", { method: "POST", body: { code }, token });
+}
+
+/** Revoke a refresh token (and those rotated from it); resolves even for an unknown one. */
+export function logout(refreshToken) {
+  return apiRequest("/logout", { method: "POST", body: { refresh_token: refreshToken } });
+}
+
+/** The stable code of a problem ("step-up-required", …), or "" for anything else. */
+export function problemCodeOf(error) {
+  return error instanceof ApiError ? String(error.type).split(":").pop() ?? "" : "";
 }
 
 /** The signed-in doctor's appointments for today, as an array. */

@@ -271,6 +271,11 @@ export class CallSession extends EventTarget {
     return this.#me?.role ?? null;
   }
 
+  /** This page's instance id: the server knows which page of a participant is current. */
+  get instance() {
+    return this.#instance;
+  }
+
   /** This participant's id once joined, else null. */
   get participantId() {
     return this.#me?.participantId ?? null;

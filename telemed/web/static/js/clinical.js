@@ -14,6 +14,7 @@
 import { ApiError, apiRequest, clearProblem, showProblem } from "./api.js";
 import { formatTime, getLocale, has, onLanguageChange, setText, t } from "./i18n.js";
 import { byId, show, storageGet, storageSet, toast } from "./ui.js";
+import { withStepUp } from "./stepup.js";
 
 const PARTS = ["complaints", "anamnesis", "findings", "conclusion", "recommendations"];
 const SAVE_DELAY_MS = 800;
@@ -435,10 +436,12 @@ class ClinicalPanel {
     try {
       await this.#saveNow();
       if (this.dirty) throw this.failure ?? new ApiError({ status: 0 });
-      const final = await this.#api("/note/finalize", {
-        method: "POST",
-        body: { version: this.note.version, revision: this.note.revision },
-      });
+      const final = await this.#signed(() =>
+        this.#api("/note/finalize", {
+          method: "POST",
+          body: { version: this.note.version, revision: this.note.revision },
+        }),
+      );
       this.#adoptServerNote(final, false);
       toast("note.finalized");
     } catch (error) {
@@ -447,6 +450,19 @@ class ClinicalPanel {
       this.el.finalize.disabled = false;
       this.#renderAll();
     }
+  }
+
+  /**
+   * Run a finalization; when the server wants a fresh second factor, ask for a code and
+   * run it again with the new token (the draft is untouched meanwhile).
+   */
+  async #signed(call) {
+    const { result, token } = await withStepUp(this.token, (fresh) => {
+      this.token = fresh;
+      return call();
+    });
+    this.token = token;
+    return result;
   }
 
   async #correctNote() {
@@ -669,10 +685,9 @@ class ClinicalPanel {
       if (action === "finalize") {
         const ok = await this.#confirm("confirm.rxTitle", "confirm.rxText", { inn: item.inn });
         if (!ok) return;
-        const final = await this.#api(`${path}/finalize`, {
-          method: "POST",
-          body: { version: item.version },
-        });
+        const final = await this.#signed(() =>
+          this.#api(`${path}/finalize`, { method: "POST", body: { version: item.version } }),
+        );
         this.#replacePrescription(final);
         toast("rx.finalized");
       } else if (action === "delete") {
@@ -990,7 +1005,9 @@ class ClinicalPanel {
   /** Show a failure: a 401 asks to sign in again; the text stays in the local copy. */
   #failed(error, alert) {
     const code = problemCode(error);
-    const key = error instanceof ApiError && error.unauthorized ? "clinical.signInAgain" : undefined;
+    // step-up-required is a 401 too, but signing in again is not what it asks for.
+    const expired = error instanceof ApiError && error.unauthorized && code !== "step-up-required";
+    const key = expired ? "clinical.signInAgain" : undefined;
     const specific = `clinical.code.${code}`;
     showProblem(alert, error, key ?? (has(specific) ? specific : undefined));
   }

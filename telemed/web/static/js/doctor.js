@@ -3,7 +3,16 @@
  * the waiting room, the patient link and the chat.
  */
 
-import { ApiError, clearProblem, listAppointments, login, showProblem, startConsultation } from "./api.js";
+import {
+  ApiError,
+  clearProblem,
+  listAppointments,
+  login,
+  logout,
+  problemCodeOf,
+  showProblem,
+  startConsultation,
+} from "./api.js";
 import { CallSession, getLocalMedia, stopStream } from "./call.js";
 import { formatDate, formatTime, onLanguageChange, setAttrText, setText } from "./i18n.js";
 import {
@@ -27,8 +36,11 @@ import {
 } from "./ui.js";
 import { RecordingControl } from "./recording.js";
 import { openClinical } from "./clinical.js";
+import { onTokenRenewed } from "./stepup.js";
 
 const TOKEN_KEY = "telemed.doctor.token";
+/** The refresh token of the sign-in, revoked when the doctor signs out. */
+const REFRESH_KEY = "telemed.doctor.refresh";
 /** The consultation in progress, so that a reload of the console goes straight back to it. */
 const ACTIVE_KEY = "telemed.doctor.active";
 const RESUMABLE = new Set(["waiting", "in_progress"]);
@@ -41,6 +53,8 @@ const el = {
   loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
   loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
   loginPassword: /** @type {HTMLInputElement} */ (byId("login-password")),
+  loginCodeField: byId("login-code-field"),
+  loginCode: /** @type {HTMLInputElement} */ (byId("login-code")),
   loginError: byId("login-error"),
   loginSubmit: /** @type {HTMLButtonElement} */ (byId("login-submit")),
   listView: byId("list-view"),
@@ -111,7 +125,13 @@ function setToken(token) {
 function signOut(reasonKey) {
   closeCall();
   setToken(null);
+  const refresh = storageGet(sessionStorage, REFRESH_KEY);
+  storageSet(sessionStorage, REFRESH_KEY, null);
+  // Best effort: the server revokes it; a failure here must not keep anyone signed in.
+  if (refresh) logout(refresh).catch(() => {});
   storageSet(sessionStorage, ACTIVE_KEY, null);
+  show(el.loginCodeField, false);
+  el.loginCode.value = "";
   page.appointments = [];
   el.appointments.replaceChildren();
   if (reasonKey) showProblem(el.loginError, new ApiError({ status: 401 }), reasonKey);
@@ -130,17 +150,40 @@ async function onLoginSubmit(event) {
     (username ? el.loginPassword : el.loginUsername).focus();
     return;
   }
+  // The code field appears once the server said the account has a second factor.
+  const asksCode = !el.loginCodeField.hidden;
+  const code = el.loginCode.value.replace(/\s+/g, "");
+  if (asksCode && !code) {
+    el.loginCode.focus();
+    return;
+  }
   clearProblem(el.loginError);
   el.loginSubmit.disabled = true;
   setText(el.loginSubmit, "login.busy");
   try {
-    const answer = await login(username, password);
+    const answer = await login(username, password, asksCode ? code : undefined);
     setToken(String(answer.access_token));
+    storageSet(sessionStorage, REFRESH_KEY, answer.refresh_token ? String(answer.refresh_token) : null);
     el.loginPassword.value = "";
+    el.loginCode.value = "";
+    show(el.loginCodeField, false);
     await loadAppointments();
   } catch (error) {
-    const key = error instanceof ApiError && error.status === 401 ? "login.failed" : undefined;
+    const problem = problemCodeOf(error);
+    if (problem === "totp-required") {
+      show(el.loginCodeField, true);
+      showProblem(el.loginError, error, "login.codeNeeded");
+      el.loginCode.focus();
+      return;
+    }
+    const key =
+      problem === "account-locked"
+        ? "login.locked"
+        : error instanceof ApiError && error.status === 401
+          ? "login.failed"
+          : undefined;
     showProblem(el.loginError, error, key);
+    el.loginCode.value = "";
   } finally {
     el.loginSubmit.disabled = false;
     setText(el.loginSubmit, "login.submit");
@@ -461,6 +504,8 @@ function init() {
     if (!el.listView.hidden) renderAppointments();
   });
 
+  // A step-up in the clinical panel yields a fresh token: keep it for the whole console.
+  onTokenRenewed((token) => setToken(token));
   takeTokenFromFragment();
   page.token = storageGet(sessionStorage, TOKEN_KEY);
   if (page.token) loadAppointments();

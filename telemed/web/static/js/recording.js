@@ -25,13 +25,18 @@ export class WhipPublisher {
   #resource = null;
   #token;
 
+  #instance;
+
   /**
    * @param {string} endpoint  the WHIP endpoint URL
    * @param {string} token  bearer token (the join ticket)
+   * @param {string|null} [instance]  this page's instance: a page another page of the
+   *   same participant has replaced is refused
    */
-  constructor(endpoint, token) {
+  constructor(endpoint, token, instance = null) {
     this.endpoint = endpoint;
     this.#token = token;
+    this.#instance = instance;
   }
 
   /** True while a publication is set up or running. */
@@ -60,7 +65,11 @@ export class WhipPublisher {
       try {
         response = await fetch(this.endpoint, {
           method: "POST",
-          headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${this.#token}` },
+          headers: {
+            "Content-Type": "application/sdp",
+            Authorization: `Bearer ${this.#token}`,
+            ...(this.#instance ? { "X-Telemed-Instance": this.#instance } : {}),
+          },
           body: pc.localDescription.sdp,
         });
       } catch (error) {
@@ -257,7 +266,7 @@ export class RecordingControl {
     const stream = session?.localStream;
     if (this.#publisher || this.#retryTimer || !session?.whipUrl) return;
     if (!stream || stream.getTracks().length === 0) return; // nothing of ours to record
-    const publisher = new WhipPublisher(session.whipUrl, session.ticket);
+    const publisher = new WhipPublisher(session.whipUrl, session.ticket, session.instance);
     this.#publisher = publisher;
     // The very tracks of the call: muting the microphone or turning the camera off
     // mutes the recording too. Stopping the recording never stops them.
@@ -268,7 +277,7 @@ export class RecordingControl {
     publisher.publish(stream, session.iceServers, onState).catch((error) => {
       if (this.#publisher !== publisher) return;
       toastCode(error.code ?? "recording_failed", error.message);
-      if (error.code === "storage_full") {
+      if (error.code === "storage_full" || error.code === "superseded") {
         this.#halted = true;
         this.#update();
         return;
