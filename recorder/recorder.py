@@ -9,7 +9,7 @@ protocol stored, a recording that had to stop) go through :class:`RecordingLedge
 which the application implements.
 
 Permission is re-checked all the time, not only at publish: the application tells the
-recorder at once when consent changes (:meth:`Recorder.enforce`), and a watch loop asks
+recorder at once when consent changes (:meth:`Recorder.stop_disallowed`), and a watch loop asks
 the ledger every ``watch_interval`` seconds as well, so a recorder in its own process
 (``telemed recorder``) stops a withdrawn participant within that interval.
 """
@@ -360,16 +360,9 @@ class Recorder:
         publication = self._publications.get(resource_id)
         return None if publication is None else publication.grant
 
-    async def enforce(self, consultation_id: str, allowed: Collection[str]) -> None:
-        """End every publication of the consultation whose participant is not ``allowed``;
-        returns once those recordings have stopped (uploads go on in the background)."""
-        ending = self._disallowed(consultation_id, allowed)
-        for publication in ending:
-            self.end_publication(publication, "not-allowed")
-        await asyncio.gather(*(p.closed.wait() for p in ending))
-
     def stop_disallowed(self, consultation_id: str, allowed: Collection[str]) -> None:
-        """Like :meth:`enforce`, without waiting."""
+        """End every publication of the consultation whose participant is not
+        ``allowed``, without waiting (uploads go on in the background)."""
         for publication in self._disallowed(consultation_id, allowed):
             self.end_publication(publication, "not-allowed")
 
@@ -379,14 +372,6 @@ class Recorder:
         if consultation_id in self._finalized or consultation_id in self._finalizing:
             return
         self._spawn(self._finish_logged(consultation_id), f"recorder finish {consultation_id}")
-
-    def publishing(self, consultation_id: str) -> frozenset[str]:
-        """Participants of the consultation being recorded by this process now."""
-        return frozenset(
-            p.grant.participant_id
-            for p in self._publications.values()
-            if p.grant.consultation_id == consultation_id and p.end_reason is None
-        )
 
     # The end of a consultation ---------------------------------------------------------
 

@@ -50,10 +50,11 @@ async def offer_from(pc: RTCPeerConnection) -> str:
     return str(pc.localDescription.sdp)
 
 
-async def until(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+async def until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` (a coroutine function) until it returns something truthy."""
     async with asyncio.timeout(timeout):
-        while not (result := await predicate()):  # noqa: ASYNC110 - polls the database
-            await asyncio.sleep(0.1)
+        while not (result := await predicate()):  # noqa: ASYNC110 - polls a server
+            await asyncio.sleep(interval)
     return result
 
 

@@ -4,19 +4,10 @@ a prescription, and signing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-
 import pytest
-from aiohttp import web
 from playwright.async_api import Browser, Page, Route, expect
 
-from telemed.app import create_app
-from telemed.consultations.clinical import ClinicalService
 from telemed.consultations.events import EventKind
-from telemed.services import build_services
-from telemed.settings import Settings
-from telemed.web import clinical
 from tests.conftest import RunningApp
 from tests.e2e.conftest import new_page
 from tests.stepup import strong_token
@@ -26,30 +17,8 @@ pytestmark = pytest.mark.browser
 SLOW = 20_000  # ms: autosave retries every 5 s after a failure
 
 
-@dataclass
-class ClinicalApp(RunningApp):
-    clinical: ClinicalService
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[ClinicalApp]:
-    """The real app with the clinical routes (setup is a no-op once app.py wires them)."""
-    services = build_services(settings)
-    application = create_app(settings, services)
-    clinical.setup(application)
-    runner = web.AppRunner(application, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    try:
-        url = f"http://{settings.host}:{settings.port}"
-        yield ClinicalApp(url, settings, services, application[clinical.CLINICAL])
-    finally:
-        await runner.cleanup()
-
-
 async def open_console(
-    app: ClinicalApp, browser: Browser, *, stepped_up: bool = False
+    app: RunningApp, browser: Browser, *, stepped_up: bool = False
 ) -> tuple[str, str, Page]:
     """The console on a fresh demo consultation; ``stepped_up`` opens it with a token
     that already shows a recent second factor (signing then asks for no code)."""
@@ -72,7 +41,7 @@ async def start(page: Page, doctor_url: str, consultation_id: str) -> None:
 
 
 async def test_a_note_typed_while_the_connection_is_down_survives_a_reload(
-    app: ClinicalApp, browser: Browser
+    app: RunningApp, browser: Browser
 ) -> None:
     cid, token, page = await open_console(app, browser)
     status = page.get_by_test_id("note-save-status")
@@ -98,7 +67,7 @@ async def test_a_note_typed_while_the_connection_is_down_survives_a_reload(
     await page.unroute("**/api/v1/consultations/*/note", drop_saves)
     await expect(status).to_have_attribute("data-status", "saved", timeout=SLOW)
     claims = app.services.tokens.verify_access(token)
-    note = await app.clinical.note(claims, cid)
+    note = await app.services.clinical.note(claims, cid)
     assert (note.text.complaints, note.text.conclusion) == ("Кашель третий день", "ОРВИ")
 
     # An ordinary save then reload: the server's text comes back.
@@ -110,7 +79,7 @@ async def test_a_note_typed_while_the_connection_is_down_survives_a_reload(
 
 
 async def test_a_note_typed_offline_in_a_tab_that_closed_is_saved_next_time(
-    app: ClinicalApp, browser: Browser
+    app: RunningApp, browser: Browser
 ) -> None:
     demo = await app.demo()
     page = await new_page(browser)
@@ -124,7 +93,9 @@ async def test_a_note_typed_offline_in_a_tab_that_closed_is_saved_next_time(
     await page.close()
     await context.set_offline(False)
     claims = app.services.tokens.verify_access(demo.doctor_access_token)
-    assert (await app.clinical.note(claims, demo.consultation_id)).text.recommendations == ""
+    assert (
+        await app.services.clinical.note(claims, demo.consultation_id)
+    ).text.recommendations == ""
 
     page = await context.new_page()
     await start(page, demo.doctor_url, demo.consultation_id)
@@ -132,11 +103,11 @@ async def test_a_note_typed_offline_in_a_tab_that_closed_is_saved_next_time(
     await expect(page.get_by_test_id("note-save-status")).to_have_attribute(
         "data-status", "saved", timeout=SLOW
     )
-    note = await app.clinical.note(claims, demo.consultation_id)
+    note = await app.services.clinical.note(claims, demo.consultation_id)
     assert note.text.recommendations == "Обильное питьё"
 
 
-async def test_the_doctor_codes_prescribes_and_signs(app: ClinicalApp, browser: Browser) -> None:
+async def test_the_doctor_codes_prescribes_and_signs(app: RunningApp, browser: Browser) -> None:
     cid, _, page = await open_console(app, browser, stepped_up=True)
     await page.get_by_test_id("note-complaints").fill("Насморк, першение в горле")
     await page.get_by_test_id("note-conclusion").fill("Острая инфекция верхних дыхательных путей")
@@ -189,7 +160,7 @@ async def test_the_doctor_codes_prescribes_and_signs(app: ClinicalApp, browser: 
     await expect(page.get_by_test_id("note-complaints")).to_have_attribute("readonly", "")
     await expect(page.get_by_test_id("note-correct")).to_be_visible()
 
-    record = await app.clinical.record(cid)
+    record = await app.services.clinical.record(cid)
     assert record.note is not None
     assert record.note.complaints == "Насморк, першение в горле"
     assert [(d.code, d.primary) for d in record.diagnoses] == [("J06.9", True)]
@@ -200,7 +171,7 @@ async def test_the_doctor_codes_prescribes_and_signs(app: ClinicalApp, browser: 
 
 
 async def test_two_tabs_editing_one_note_merge_instead_of_overwriting(
-    app: ClinicalApp, browser: Browser
+    app: RunningApp, browser: Browser
 ) -> None:
     demo = await app.demo()
     first = await new_page(browser)
@@ -226,7 +197,7 @@ async def test_two_tabs_editing_one_note_merge_instead_of_overwriting(
         "data-status", "saved", timeout=SLOW
     )
     claims = app.services.tokens.verify_access(demo.doctor_access_token)
-    text = (await app.clinical.note(claims, demo.consultation_id)).text
+    text = (await app.services.clinical.note(claims, demo.consultation_id)).text
     assert (text.complaints, text.findings, text.conclusion) == (
         "Головная боль",
         "АД 150/95",

@@ -7,23 +7,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from playwright.async_api import Browser, expect
 
+from tests.calls import until
 from tests.conftest import RunningApp
 from tests.e2e.conftest import in_browser_call
 from tests.recorder.media import decode_bytes
 
 TALK_SECONDS = 10
-
-
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := await predicate()):  # noqa: ASYNC110 - polls the database
-            await asyncio.sleep(0.1)
-    return result
 
 
 async def test_a_consented_call_is_recorded_per_participant_with_a_protocol(
@@ -41,7 +33,7 @@ async def test_a_consented_call_is_recorded_per_participant_with_a_protocol(
         segments = await recordings.segments(consultation_id)
         return len({s.participant_id for s in segments if s.status == "recording"}) == 2
 
-    await until(both_recording)
+    await until(both_recording, timeout=30.0, interval=0.1)
     await asyncio.sleep(TALK_SECONDS)
     await doctor.get_by_test_id("hangup").click()
     await expect(patient.get_by_test_id("call-state")).to_have_attribute("data-state", "ended")
@@ -55,7 +47,7 @@ async def test_a_consented_call_is_recorded_per_participant_with_a_protocol(
             e.key == key for e in await store.list_objects(f"consultations/{consultation_id}/")
         )
 
-    await until(protocol_stored)
+    await until(protocol_stored, timeout=30.0, interval=0.1)
     manifest = json.loads(await store.get(key))
     segments = manifest["segments"]
     roles = {p["id"]: p["role"] for p in manifest["participants"]}

@@ -8,7 +8,7 @@ import asyncio
 import json
 import urllib.parse
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 from telemed.consultations.models import Consultation
 from telemed.services import build_services
 from telemed.settings import load_settings
+from tests.calls import until
 from tests.conftest import free_port
 from tests.peers import Peer
 from tests.processes import TelemedProcess
@@ -63,13 +64,6 @@ def upstream_search(upstream: TelemedProcess, token: str, query: str) -> list[di
     return [entry["resource"] for entry in bundle.get("entry", [])]
 
 
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 120.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := await predicate()):  # noqa: ASYNC110 - polls a server
-            await asyncio.sleep(0.5)
-    return result
-
-
 async def finished_consultation(clinic: TelemedProcess) -> str:
     """A demo consultation held and ended on the clinic's telemed; its session id."""
     demo = await asyncio.to_thread(clinic.demo)
@@ -111,7 +105,7 @@ async def test_the_card_reaches_an_upstream_that_was_down_exactly_once(
     async def arrived() -> list[dict[str, Any]]:
         return await asyncio.to_thread(upstream_search, upstream, reader, query)
 
-    (encounter,) = await until(arrived)
+    (encounter,) = await until(arrived, timeout=120.0, interval=0.5)
     assert encounter["class"]["code"] == "VR"
     # Retries and a second delivery must not duplicate anything.
     await asyncio.sleep(3)

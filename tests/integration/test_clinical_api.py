@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from telemed.app import create_app
 from telemed.consultations.clinical import ClinicalService, NoteText, PrescriptionInput
 from telemed.consultations.events import EventKind
 from telemed.consultations.models import Practitioner
@@ -22,9 +18,6 @@ from telemed.consultations.store import new_id
 from telemed.demo import DemoConsultation
 from telemed.identity.tokens import AccessClaims
 from telemed.problems import Forbidden
-from telemed.services import build_services
-from telemed.settings import Settings
-from telemed.web import clinical
 from tests.conftest import RunningApp
 from tests.stepup import strong_token
 
@@ -45,32 +38,10 @@ PRESCRIPTION: dict[str, Any] = {
 }
 
 
-@dataclass
-class ClinicalApp(RunningApp):
-    clinical: ClinicalService
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[ClinicalApp]:
-    """The real app with the clinical routes (setup is a no-op once app.py wires them)."""
-    services = build_services(settings)
-    application = create_app(settings, services)
-    clinical.setup(application)
-    runner = web.AppRunner(application, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    try:
-        url = f"http://{settings.host}:{settings.port}"
-        yield ClinicalApp(url, settings, services, application[clinical.CLINICAL])
-    finally:
-        await runner.cleanup()
-
-
 class Api:
     """Requests to one consultation's clinical endpoints with one token."""
 
-    def __init__(self, http: aiohttp.ClientSession, app: ClinicalApp, cid: str, token: str | None):
+    def __init__(self, http: aiohttp.ClientSession, app: RunningApp, cid: str, token: str | None):
         self.http = http
         self.base = f"{app.url}/api/v1/consultations/{cid}"
         self.root = app.url
@@ -94,14 +65,14 @@ class Api:
             return response.status, payload, response
 
 
-async def doctor_api(http: aiohttp.ClientSession, app: ClinicalApp) -> tuple[Api, DemoConsultation]:
+async def doctor_api(http: aiohttp.ClientSession, app: RunningApp) -> tuple[Api, DemoConsultation]:
     """The demo doctor's API after a real TOTP step-up (finalizing needs one)."""
     demo = await app.demo()
     token = await strong_token(app.url, demo.doctor_access_token, demo.doctor_totp_secret)
     return Api(http, app, demo.consultation_id, token), demo
 
 
-async def other_doctor_token(app: ClinicalApp, clinic_from: DemoConsultation) -> str:
+async def other_doctor_token(app: RunningApp, clinic_from: DemoConsultation) -> str:
     claims = app.services.tokens.verify_access(clinic_from.doctor_access_token)
     async with app.services.sessions.begin() as session:
         other = Practitioner(
@@ -120,7 +91,7 @@ def note(version: int, **parts: str) -> dict[str, Any]:
 # Autosave ------------------------------------------------------------------------------
 
 
-async def test_drafts_save_with_versions_and_a_stale_write_is_refused(app: ClinicalApp) -> None:
+async def test_drafts_save_with_versions_and_a_stale_write_is_refused(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
         status, empty, _ = await api.call("GET", "/note")
@@ -164,7 +135,7 @@ async def test_drafts_save_with_versions_and_a_stale_write_is_refused(app: Clini
         )
 
 
-async def test_concurrent_saves_of_one_version_let_exactly_one_win(app: ClinicalApp) -> None:
+async def test_concurrent_saves_of_one_version_let_exactly_one_win(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
         # The first save creates the draft: only one of several first saves may.
@@ -182,7 +153,7 @@ async def test_concurrent_saves_of_one_version_let_exactly_one_win(app: Clinical
         assert (current["complaints"], current["version"]) == (winner["complaints"], 2)
 
 
-async def test_bad_input_is_problem_json_and_changes_nothing(app: ClinicalApp) -> None:
+async def test_bad_input_is_problem_json_and_changes_nothing(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
         too_long = "x" * 20_001
@@ -208,7 +179,7 @@ async def test_bad_input_is_problem_json_and_changes_nothing(app: ClinicalApp) -
 # Who may -------------------------------------------------------------------------------
 
 
-async def test_only_the_consultations_doctor_reads_writes_and_finalizes(app: ClinicalApp) -> None:
+async def test_only_the_consultations_doctor_reads_writes_and_finalizes(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, demo = await doctor_api(http, app)
         await api.call("PUT", "/note", note(0, conclusion="ОРВИ"))
@@ -255,7 +226,7 @@ async def test_only_the_consultations_doctor_reads_writes_and_finalizes(app: Cli
 # ICD-10 --------------------------------------------------------------------------------
 
 
-async def test_diagnoses_are_validated_against_the_who_list(app: ClinicalApp) -> None:
+async def test_diagnoses_are_validated_against_the_who_list(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
         status, body, _ = await api.call("POST", "/diagnoses", {"code": "j069", "comment": "ОРВИ"})
@@ -299,7 +270,7 @@ async def test_diagnoses_are_validated_against_the_who_list(app: ClinicalApp) ->
         assert [d["code"] for d in listed["diagnoses"]] == ["J06.9", "E11.9"]
 
 
-async def test_icd10_search_by_code_and_by_words(app: ClinicalApp) -> None:
+async def test_icd10_search_by_code_and_by_words(app: RunningApp) -> None:
     demo = await app.demo()
     auth = {"Authorization": f"Bearer {demo.doctor_access_token}"}
     async with aiohttp.ClientSession() as http:
@@ -347,7 +318,7 @@ async def test_icd10_search_by_code_and_by_words(app: ClinicalApp) -> None:
     ],
 )
 async def test_invalid_prescriptions_are_refused_and_nothing_is_stored(
-    app: ClinicalApp, change: dict[str, Any], field: str
+    app: RunningApp, change: dict[str, Any], field: str
 ) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
@@ -363,7 +334,7 @@ async def test_invalid_prescriptions_are_refused_and_nothing_is_stored(
 
 
 async def test_a_prescription_is_drafted_finalized_and_corrected_with_history(
-    app: ClinicalApp,
+    app: RunningApp,
 ) -> None:
     async with aiohttp.ClientSession() as http:
         api, demo = await doctor_api(http, app)
@@ -415,7 +386,7 @@ async def test_a_prescription_is_drafted_finalized_and_corrected_with_history(
         assert (old["status"], old["dose_value"], old["quantity"]) == ("final", 500, 2)
 
         # The card sees the final revision until the correction is final too.
-        service = app.clinical
+        service = app.services.clinical
         record_before = await service.record(demo.consultation_id)
         assert [(p.id, p.dose_value) for p in record_before.prescriptions] == [
             (pid, Decimal("500"))
@@ -433,7 +404,7 @@ async def test_a_prescription_is_drafted_finalized_and_corrected_with_history(
 
 
 async def test_a_final_note_is_immutable_and_a_correction_keeps_the_old_revision(
-    app: ClinicalApp,
+    app: RunningApp,
 ) -> None:
     async with aiohttp.ClientSession() as http:
         api, demo = await doctor_api(http, app)
@@ -494,7 +465,7 @@ async def test_a_final_note_is_immutable_and_a_correction_keeps_the_old_revision
             (1, "final", "ОРВИ"),
             (2, "final", "Острый бронхит"),
         ]
-        record = await app.clinical.record(demo.consultation_id)
+        record = await app.services.clinical.record(demo.consultation_id)
         assert record.note_revision == 2
         assert record.note is not None
         assert record.note.conclusion == "Острый бронхит"
@@ -512,7 +483,7 @@ async def test_a_final_note_is_immutable_and_a_correction_keeps_the_old_revision
         assert [e.data["revision"] if e.data else None for e in events] == [1, 2]
 
 
-async def test_referrals_are_validated_added_and_removed(app: ClinicalApp) -> None:
+async def test_referrals_are_validated_added_and_removed(app: RunningApp) -> None:
     async with aiohttp.ClientSession() as http:
         api, _ = await doctor_api(http, app)
         status, problem, _ = await api.call(
@@ -543,14 +514,14 @@ async def test_referrals_are_validated_added_and_removed(app: ClinicalApp) -> No
         assert listed["referrals"] == []
 
 
-async def test_the_strong_authentication_hook_can_refuse_finalizing(app: ClinicalApp) -> None:
+async def test_the_strong_authentication_hook_can_refuse_finalizing(app: RunningApp) -> None:
     def require_second_factor(claims: AccessClaims) -> None:
         if "otp" not in claims.amr:
             raise Forbidden("confirm your sign-in with a second factor", code="step-up-required")
 
     guarded = ClinicalService(
         app.services.sessions,
-        app.clinical.icd10,
+        app.services.clinical.icd10,
         require_strong_authentication=require_second_factor,
     )
     told: list[tuple[str, str]] = []

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 from recorder import SegmentRecord
 from telemed.services import build_services
 from telemed.settings import load_settings
+from tests.calls import until
 from tests.conftest import free_port
 from tests.peers import Peer
 from tests.processes import TelemedProcess
@@ -92,13 +93,6 @@ class Stored:
         return str(head["Metadata"]["sha256"])
 
 
-async def until(predicate: Callable[[], Awaitable[Any]], timeout: float = 90.0) -> Any:
-    async with asyncio.timeout(timeout):
-        while not (result := await predicate()):  # noqa: ASYNC110 - polls a server
-            await asyncio.sleep(0.25)
-    return result
-
-
 async def consented_call(url: str, demo: dict[str, Any]) -> tuple[Peer, Peer]:
     doctor, patient = Peer(url), Peer(url)
     await doctor.connect(demo["doctor_token"])
@@ -152,7 +146,7 @@ async def end_and_read_protocol(
     async def protocol() -> bytes | None:
         return await asyncio.to_thread(stored.object, key)
 
-    manifest: dict[str, Any] = json.loads(await until(protocol))
+    manifest: dict[str, Any] = json.loads(await until(protocol, timeout=90.0, interval=0.25))
     return manifest
 
 
@@ -164,7 +158,9 @@ async def test_a_recorder_killed_mid_call_uploads_what_it_had_on_restart(
     doctor, patient = await consented_call(telemed.url, demo)
     pc, _ = await publish(http, telemed.url, demo)
     try:
-        (opened,) = await until(lambda: stored.segments(demo["consultation_id"]))
+        (opened,) = await until(
+            lambda: stored.segments(demo["consultation_id"]), timeout=90.0, interval=0.25
+        )
         await asyncio.sleep(6)
         telemed.kill()
     finally:
@@ -179,7 +175,7 @@ async def test_a_recorder_killed_mid_call_uploads_what_it_had_on_restart(
         segments = await stored.segments(demo["consultation_id"])
         return segments if segments[0].status != "recording" else None
 
-    (segment,) = await until(recovered)
+    (segment,) = await until(recovered, timeout=90.0, interval=0.25)
     assert segment.status == "interrupted"
     data = await asyncio.to_thread(stored.object, segment.object_key)
     assert data is not None
@@ -204,7 +200,7 @@ async def test_an_s3_outage_mid_call_loses_nothing(
     doctor, patient = await consented_call(telemed.url, demo)
     pc, location = await publish(http, telemed.url, demo)
     try:
-        await until(lambda: stored.segments(demo["consultation_id"]))
+        await until(lambda: stored.segments(demo["consultation_id"]), timeout=90.0, interval=0.25)
         await asyncio.sleep(2)
         s3.pause()
         try:
