@@ -218,6 +218,23 @@ class ObjectStore(abc.ABC):
         ``ObjectNotFoundError`` is raised on the first iteration.
         """
 
+    async def stream_range(
+        self, key: str, start: int, end: int, chunk_size: int = 1024 * 1024
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` (both included) of the object, in chunks of at most
+        ``chunk_size`` (an HTTP range request of a player seeking). Backends that can read
+        from an offset override this; this fallback reads from the start and skips."""
+        if start < 0 or end < start:
+            raise ValueError("a range is 0 <= start <= end")
+        position = 0
+        async for chunk in self.stream(key, chunk_size):
+            chunk_end = position + len(chunk)
+            if chunk_end > start:
+                yield chunk[max(0, start - position) : end + 1 - position]
+            position = chunk_end
+            if position > end:
+                return
+
     @abc.abstractmethod
     async def head(self, key: str) -> ObjectInfo:
         """Size, SHA-256, content type and metadata of an object, without its bytes."""

@@ -134,6 +134,23 @@ class FileSystemStore(ObjectStore):
         finally:
             file.close()
 
+    async def stream_range(
+        self, key: str, start: int, end: int, chunk_size: int = 1024 * 1024
+    ) -> AsyncIterator[bytes]:
+        if start < 0 or end < start:
+            raise ValueError("a range is 0 <= start <= end")
+        file = await self._run(self._open_for_reading, self._object_path(key), key)
+        try:
+            await self._run(file.seek, start)
+            remaining = end - start + 1
+            while remaining > 0 and (
+                chunk := await self._run(file.read, min(chunk_size, remaining))
+            ):
+                remaining -= len(chunk)
+                yield chunk
+        finally:
+            file.close()
+
     def _open_for_reading(self, path: Path, key: str) -> BinaryIO:
         try:
             if not path.is_file():

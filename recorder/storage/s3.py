@@ -218,6 +218,26 @@ class S3Store(ObjectStore):
         finally:
             body.close()
 
+    async def stream_range(
+        self, key: str, start: int, end: int, chunk_size: int = 1024 * 1024
+    ) -> AsyncIterator[bytes]:
+        if start < 0 or end < start:
+            raise ValueError("a range is 0 <= start <= end")
+        # S3 serves the range itself: a seek late in a long recording reads only that part.
+        response = await self._call(
+            key,
+            self._client.get_object,
+            Bucket=self.bucket,
+            Key=self._full(key),
+            Range=f"bytes={start}-{end}",
+        )
+        body = response["Body"]
+        try:
+            while chunk := await self._call(key, body.read, chunk_size):
+                yield bytes(chunk)
+        finally:
+            body.close()
+
     async def head(self, key: str) -> ObjectInfo:
         info, _ = await self._head(key)
         return info

@@ -69,6 +69,17 @@ async def test_stream_yields_the_object_in_bounded_chunks(store: ObjectStore) ->
     assert len(chunks) >= 5
 
 
+@pytest.mark.parametrize(
+    ("start", "end"), [(0, 0), (65_530, 65_540), (1, 299_999), (299_999, 299_999)]
+)
+async def test_a_range_reads_exactly_those_bytes(store: ObjectStore, start: int, end: int) -> None:
+    data = payload(300_000)
+    await store.put("a/blob.bin", data)
+    chunks = [c async for c in store.stream_range("a/blob.bin", start, end, chunk_size=64 * 1024)]
+    assert b"".join(chunks) == data[start : end + 1]
+    assert max(len(chunk) for chunk in chunks) <= 64 * 1024
+
+
 async def test_missing_objects_raise_not_found(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFoundError):
         await store.head("no/such.webm")
