@@ -10,6 +10,12 @@ token. Rules the repository applies to every interaction:
   patient (Organization, Practitioner). They write only where the
   :class:`PractitionerWritePolicy` allows — the application's hook for "only through a
   consultation they conduct"; the default allows nothing.
+  A practitioner's ``withheld_patients`` are compartments whose processing the patient
+  restricted (the application decides whom that spares, e.g. the treating doctor): they
+  are out of this practitioner's reach.
+* a **delegate** (a trusted person patients chose) reads, of each patient that
+  delegated to them, exactly the resource types delegated, and nothing else; they write
+  nothing. The application builds it from the delegations in force at the request.
 * the **system** (the bridge, the outbox worker) reads and writes everything.
 
 A resource outside the accessor's reach is answered as if it did not exist (404), never
@@ -29,17 +35,22 @@ from emr_bridge.validation import is_valid_id
 class AccessorKind(StrEnum):
     PATIENT = "patient"
     PRACTITIONER = "practitioner"
+    DELEGATE = "delegate"
     SYSTEM = "system"
 
 
 @dataclass(frozen=True)
 class Accessor:
-    """Who is asking. Build it with :meth:`patient`, :meth:`practitioner` or :meth:`system`.
+    """Who is asking. Build it with :meth:`patient`, :meth:`practitioner`, :meth:`delegate`
+    or :meth:`system`.
 
     ``subject`` is the application's user (or service) id, reported to the audit sink as
     is; ``client_address`` is where the request came from, for the audit log only;
     ``amr`` says how the user authenticated (OIDC ``amr`` values such as ``pwd``,
-    ``otp``), for the write policy's strong-authentication rule.
+    ``otp``), for the write policy's strong-authentication rule. ``delegated`` is what a
+    delegate reads: (Patient id, resource types of its compartment) pairs;
+    ``withheld_patients`` are compartments out of a practitioner's reach (restricted
+    processing).
     """
 
     kind: AccessorKind
@@ -49,6 +60,8 @@ class Accessor:
     organization_id: str | None = None
     client_address: str | None = None
     amr: tuple[str, ...] = ()
+    delegated: tuple[tuple[str, frozenset[str]], ...] = ()
+    withheld_patients: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.subject:
@@ -59,6 +72,11 @@ class Accessor:
             is_valid_id(self.practitioner_id) and is_valid_id(self.organization_id)
         ):
             raise ValueError("a practitioner accessor needs Practitioner and Organization ids")
+        if self.kind is AccessorKind.DELEGATE and not (
+            self.delegated
+            and all(is_valid_id(patient) and types for patient, types in self.delegated)
+        ):
+            raise ValueError("a delegate accessor needs Patient ids, each with some types")
 
     @classmethod
     def patient(
@@ -77,6 +95,7 @@ class Accessor:
         *,
         client_address: str | None = None,
         amr: tuple[str, ...] = (),
+        withheld_patients: frozenset[str] = frozenset(),
     ) -> Accessor:
         return cls(
             AccessorKind.PRACTITIONER,
@@ -85,6 +104,24 @@ class Accessor:
             organization_id=organization_id,
             client_address=client_address,
             amr=amr,
+            withheld_patients=withheld_patients,
+        )
+
+    @classmethod
+    def delegate(
+        cls,
+        subject: str,
+        delegated: Mapping[str, frozenset[str]],
+        *,
+        client_address: str | None = None,
+    ) -> Accessor:
+        """Reads, for each Patient id of ``delegated``, those resource types of its
+        compartment and nothing else (name ``Patient`` to read the Patient itself)."""
+        return cls(
+            AccessorKind.DELEGATE,
+            subject,
+            client_address=client_address,
+            delegated=tuple(sorted(delegated.items())),
         )
 
     @classmethod

@@ -220,16 +220,27 @@ def visible_to(accessor: Accessor) -> ColumnElement[bool]:
         return true()
     if accessor.kind is AccessorKind.PATIENT:
         return fhir_resources.c.patient_id == accessor.patient_id
-    patients = fhir_resources.alias("managed_patients")
-    return or_(
-        fhir_resources.c.patient_id.is_(None),
-        fhir_resources.c.patient_id.in_(
-            select(patients.c.id).where(
-                patients.c.resource_type == "Patient",
-                patients.c.organization_id == accessor.organization_id,
+    if accessor.kind is AccessorKind.DELEGATE:
+        return or_(
+            *(
+                and_(
+                    fhir_resources.c.patient_id == patient_id,
+                    fhir_resources.c.resource_type.in_(sorted(types)),
+                )
+                for patient_id, types in accessor.delegated
             )
-        ),
+        )
+    patients = fhir_resources.alias("managed_patients")
+    managed: ColumnElement[bool] = fhir_resources.c.patient_id.in_(
+        select(patients.c.id).where(
+            patients.c.resource_type == "Patient",
+            patients.c.organization_id == accessor.organization_id,
+        )
     )
+    if accessor.withheld_patients:
+        # Inside the branch of patients' rows: NOT IN is never true for a NULL patient_id.
+        managed = and_(managed, fhir_resources.c.patient_id.not_in(accessor.withheld_patients))
+    return or_(fhir_resources.c.patient_id.is_(None), managed)
 
 
 def _aware_utc(value: datetime | None) -> datetime | None:
@@ -616,7 +627,7 @@ class CardWriter:
 
     def _refuse_patients(self) -> None:
         # Before anything is looked up: the same 403 whatever exists.
-        if self.accessor.kind is AccessorKind.PATIENT:
+        if self.accessor.kind in (AccessorKind.PATIENT, AccessorKind.DELEGATE):
             raise Forbidden("patients do not write to the card through this API")
 
     async def _check_write(
