@@ -10,7 +10,7 @@ manager (Redis), so relaying never needs to know where a peer is connected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,10 +80,18 @@ def _describe(error: ValidationError) -> str:
 
 
 class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    def __init__(self, gateway: ConsultationGateway, settings: SignalingSettings) -> None:
+    def __init__(
+        self,
+        gateway: ConsultationGateway,
+        settings: SignalingSettings,
+        event_roles: Mapping[str, Collection[str]],
+    ) -> None:
+        """``event_roles``: each client event -> the ticket roles that may send it (the
+        application's policy). An event it does not name is refused to everyone."""
         super().__init__(NAMESPACE)
         self._gateway = gateway
         self._settings = settings
+        self._event_roles = {event: frozenset(roles) for event, roles in event_roles.items()}
         # Positive answers of gateway.is_admitted, per consultation, for the relay's hot
         # path. Only this node's own events add or remove entries; a miss asks the gateway.
         self._admitted: dict[str, set[str]] = {}
@@ -164,6 +172,10 @@ class ConsultationNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if route is None:
             return await self._refuse(sid, event, "unknown_event", f"no such event: {event[:64]}")
         schema, handler, needs_join = route
+        if connection.member.role not in self._event_roles.get(event, ()):
+            return await self._refuse(
+                sid, event, "forbidden", f"a {connection.member.role} may not send {event}"
+            )
         if len(args) > 2:
             return await self._refuse(sid, event, "invalid_message", "send one object per event")
         if needs_join and connection.instance is None:

@@ -13,9 +13,15 @@ from aiohttp import web
 from emr_bridge import FhirRouter
 from telemed.services import SERVICES, Services, build_services
 from telemed.settings import Settings, SettingsError
-from telemed.web import account, clinical, routes, whip
+from telemed.web import account, admin, claims, clinical, review, routes, wellknown, whip
 from telemed.web import audit as audit_http
-from telemed.web.fhir import FhirEndpoint, resolve_by_domain_ids
+from telemed.web import booking as booking_http
+from telemed.web import notifications as notifications_http
+from telemed.web import patient as patient_http
+from telemed.web import prescriptions as prescriptions_http
+from telemed.web import privacy as privacy_http
+from telemed.web.access import policy_enforcement
+from telemed.web.fhir import DomainResolver, FhirEndpoint
 from telemed.web.middleware import (
     forwarded_client,
     problem_middleware,
@@ -44,6 +50,7 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
             request_context,
             security_headers(recorder_origin),
             problem_middleware,
+            policy_enforcement,
         ],
         client_max_size=1024 * 1024,
     )
@@ -53,16 +60,29 @@ def create_app(settings: Settings, services: Services | None = None) -> web.Appl
         app.cleanup_ctx.append(_recorder_lifetime)
     if services.card_upstream is not None:
         app.cleanup_ctx.append(_card_upstream_lifetime)
+    if settings.notifications:
+        app.cleanup_ctx.append(_notifications_lifetime)
     services.sio.attach(app)
     routes.setup(app, vendor_dir())
     account.setup(app)
+    admin.setup(app)
+    claims.setup(app)
     whip.setup(app)
     clinical.setup(app)
+    prescriptions_http.setup(app)
+    review.setup(app)
+    booking_http.setup(app)
+    patient_http.setup(app)
+    privacy_http.setup(app)
+    notifications_http.setup(app)
     audit_http.setup(app)  # /fhir/AuditEvent, before the card's own /fhir routes
+    wellknown.setup(app)  # the built-in issuer's public keys
     FhirEndpoint(
         FhirRouter(services.card),
         services.tokens,
-        resolve_by_domain_ids,
+        DomainResolver(
+            services.privacy.delegations.accessor, services.privacy.rights.withheld_from
+        ),
         public_base_url=settings.effective_public_url.rstrip("/") + "/fhir",
     ).setup(app)
     return app
@@ -79,6 +99,7 @@ def create_recorder_app(settings: Settings, services: Services) -> web.Applicati
             request_context,
             security_headers(),
             problem_middleware,
+            policy_enforcement,
         ],
         client_max_size=1024 * 1024,
     )
@@ -99,6 +120,7 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     yield
     await services.card_publisher.close()
+    await services.prescriptions.close()
     await services.audit.close()
     await services.engine.dispose()
 
@@ -117,4 +139,10 @@ async def _card_upstream_lifetime(app: web.Application) -> AsyncIterator[None]:
     upstream = app[SERVICES].card_upstream
     assert upstream is not None
     async with upstream.running():
+        yield
+
+
+async def _notifications_lifetime(app: web.Application) -> AsyncIterator[None]:
+    # Every node may run it: rows are claimed, and the outbox's key makes scans idempotent.
+    async with app[SERVICES].notifications.running():
         yield

@@ -1,4 +1,5 @@
-"""``telemed``: serve, recorder, demo, card, audit verify, protocol verify, db upgrade."""
+"""``telemed``: serve, recorder, demo, card, audit verify, protocol verify, db upgrade,
+keys rotate|list, oidc link."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from recorder.storage import StorageError
 from telemed.app import create_app, create_recorder_app
 from telemed.db import pending_migrations, upgrade
 from telemed.demo import DemoConsultation, demo_consultation
+from telemed.identity.keys import list_keys, rotate
+from telemed.identity.oidc import UnknownAccount, link_identity
 from telemed.protocols import verify_protocol
 from telemed.services import Services, build_services
 from telemed.settings import Settings, SettingsError, load_settings
@@ -103,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("--retry", type=int, metavar="ID", help="queue a dead letter again")
     outbox.set_defaults(handler=_card_outbox)
 
+    notifications = commands.add_parser(
+        "notifications", help="the notification outbox: counts and failed deliveries"
+    )
+    notifications.add_argument("--retry", type=int, metavar="ID", help="queue a failed one again")
+    notifications.set_defaults(handler=_notifications)
+
     audit = commands.add_parser("audit", help="the tamper-evident audit log")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_verify = audit_commands.add_parser(
@@ -126,6 +135,27 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_upgrade = db_commands.add_parser("upgrade", help="apply all migrations")
     db_upgrade.set_defaults(handler=_db_upgrade)
+
+    keys = commands.add_parser("keys", help="the built-in issuer's signing keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_rotate = keys_commands.add_parser(
+        "rotate",
+        help="add a new signing key and print its kid; older keys keep verifying, "
+        "running servers start signing with it within seconds",
+    )
+    keys_rotate.set_defaults(handler=_keys_rotate)
+    keys_list = keys_commands.add_parser("list", help="every key: kid, created, current")
+    keys_list.set_defaults(handler=_keys_list)
+
+    oidc = commands.add_parser("oidc", help="sign-in through external OIDC issuers")
+    oidc_commands = oidc.add_subparsers(dest="oidc_command", required=True)
+    oidc_link = oidc_commands.add_parser(
+        "link", help="link a person of an issuer (its link claim's value) to a local account"
+    )
+    oidc_link.add_argument("--issuer", required=True, help="one of TELEMED_OIDC_ISSUERS")
+    oidc_link.add_argument("--subject", required=True, help="the value of its link claim")
+    oidc_link.add_argument("--username", required=True, help="the local account")
+    oidc_link.set_defaults(handler=_oidc_link)
     return parser
 
 
@@ -244,6 +274,24 @@ async def _card_outbox(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _notifications(settings: Settings, args: argparse.Namespace) -> int:
+    services = await _ready_services(settings)
+    store = services.notifications.store
+    try:
+        if args.retry is not None:
+            if not await store.retry_failed(args.retry):
+                raise CommandError(f"no failed notification {args.retry}")
+            print(f"notification {args.retry} is queued again")
+            return 0
+        counts = await store.counts()
+        print(", ".join(f"{status}: {count}" for status, count in counts.items()))
+        for row in await store.rows(status="failed"):
+            print(f"failed {row.id}: {row.channel}, {row.attempts} attempts: {row.last_error}")
+    finally:
+        await services.engine.dispose()
+    return 0
+
+
 async def _audit_verify(settings: Settings, args: argparse.Namespace) -> int:
     services = await _ready_services(settings)
     try:
@@ -290,6 +338,38 @@ async def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _keys_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    key = rotate(settings.keys_dir)
+    print(key.kid)
+    return 0
+
+
+async def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    keys = list_keys(settings.keys_dir)
+    if not keys:
+        raise CommandError(f"no signing keys in {settings.keys_dir}")
+    for key in keys:
+        current = "  current" if key is keys[-1] else ""
+        print(f"{key.kid}  {key.created.isoformat(timespec='seconds')}{current}")
+    return 0
+
+
+async def _oidc_link(settings: Settings, args: argparse.Namespace) -> int:
+    if not any(issuer.issuer == args.issuer for issuer in settings.oidc_issuers):
+        raise CommandError(f"{args.issuer} is not one of TELEMED_OIDC_ISSUERS")
+    services = await _ready_services(settings)
+    try:
+        await link_identity(services.sessions, args.issuer, args.subject, args.username)
+    except UnknownAccount:
+        raise CommandError(f"no account {args.username!r}") from None
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        await services.engine.dispose()
+    print(f"{args.subject} of {args.issuer} signs in as {args.username}")
+    return 0
+
+
 def _for_people(links: DemoConsultation) -> str:
     return "\n".join(
         [
@@ -297,6 +377,8 @@ def _for_people(links: DemoConsultation) -> str:
             "Демо-консультация / demo consultation " + links.consultation_id,
             "  Врач / doctor:     " + links.doctor_url,
             "  Пациент / patient: " + links.patient_url,
+            "  Рецензент / reviewer: " + links.reviewer_url,
+            "  Кабинет пациента / patient account: " + links.patient_account_url,
             f"  (the doctor can also sign in as {links.doctor_username} / {links.doctor_password})",
             "  (sign-in and signing records ask the doctor for a code: use an authenticator"
             f" app with secret {links.doctor_totp_secret}, or"

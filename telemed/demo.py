@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from telemed.booking import slots_in_range
 from telemed.consultations.models import Appointment, Clinic, Consultation, Patient, Practitioner
 from telemed.consultations.service import utcnow
 from telemed.consultations.state import ConsultationState
 from telemed.consultations.store import new_id
 from telemed.identity.models import UserAccount
 from telemed.identity.passwords import hash_password
+from telemed.identity.tokens import AccessClaims
+from telemed.prescriptions.models import PharmacistWorkplace
 from telemed.services import Services
 
 DEMO_DOCTOR_USERNAME = "doctor"
 DEMO_PATIENT_USERNAME = "patient"
+# The demo clinic's reviewer of recordings (/review), same demo password.
+DEMO_REVIEWER_USERNAME = "reviewer"
+# The demo pharmacy's pharmacist (checks and dispenses e-prescriptions at /rx/...).
+DEMO_PHARMACIST_USERNAME = "pharmacist"
+DEMO_PHARMACY_NAME = "Демо-аптека «Телемед»"
+# A trusted person the demo patient may delegate sections of their card to
+# (POST /api/v1/delegations); like the patient, asked to accept the consent to
+# processing at first sign-in. Staff are never asked, so nothing is pre-accepted.
+DEMO_TRUSTED_USERNAME = "trusted"
 # Printed by `telemed serve --demo`; a demo clinic is for trying telemed out, never for patients.
 DEMO_PASSWORD = "demo"  # noqa: S105
 # The demo doctor's TOTP secret, fixed and documented (README, `telemed demo`) so anyone
@@ -26,6 +39,11 @@ DEMO_PASSWORD = "demo"  # noqa: S105
 # code from it. Like the password, it is only for the demo clinic.
 DEMO_DOCTOR_TOTP_SECRET = "TELEMEDDEMODOCTORSECRETKEY234567"  # noqa: S105
 APPOINTMENT_LENGTH = timedelta(minutes=30)
+# The demo doctor's online schedule (the patient's account books from it): the next
+# days' mornings in the clinic's zone, published once per day.
+DEMO_SCHEDULE_DAYS = 3
+DEMO_SCHEDULE_HOURS = (time(9), time(12))
+DEMO_SCHEDULE_ZONE = ZoneInfo("Europe/Moscow")
 
 
 @dataclass(frozen=True)
@@ -41,6 +59,11 @@ class DemoConsultation:
     doctor_password: str
     # Base32 TOTP secret of the demo doctor's second factor (an authenticator app's input).
     doctor_totp_secret: str
+    # The review page, signed in as the demo clinic's reviewer.
+    reviewer_url: str
+    # The patient's account page (bookings, consultations, who accessed the card), signed
+    # in as the demo patient.
+    patient_account_url: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,9 +111,75 @@ async def seed_if_empty(sessions: async_sessionmaker[AsyncSession]) -> bool:
                     created_at=now,
                 ),
                 _appointment_now(clinic.id, doctor.id, patient.id),
+                _reviewer(clinic.id),
             ]
         )
+        await session.flush()
+        session.add_all(_pharmacist(clinic.id))
         return True
+
+
+def _pharmacist(clinic_id: str) -> tuple[UserAccount, PharmacistWorkplace]:
+    account = UserAccount(
+        id=new_id(),
+        username=DEMO_PHARMACIST_USERNAME,
+        password_hash=hash_password(DEMO_PASSWORD),
+        role="pharmacist",
+        display_name="Фармацевт демо-аптеки",
+        clinic_id=clinic_id,
+        created_at=utcnow(),
+    )
+    return account, PharmacistWorkplace(user_id=account.id, pharmacy_name=DEMO_PHARMACY_NAME)
+
+
+async def _ensure_demo_pharmacist(services: Services, clinic_id: str) -> None:
+    """The demo pharmacist, created in a demo database seeded before pharmacists existed."""
+    if await services.accounts.account(DEMO_PHARMACIST_USERNAME) is None:
+        account, workplace = _pharmacist(clinic_id)
+        async with services.sessions.begin() as session:
+            session.add(account)
+            await session.flush()
+            session.add(workplace)
+
+
+def _reviewer(clinic_id: str) -> UserAccount:
+    return UserAccount(
+        id=new_id(),
+        username=DEMO_REVIEWER_USERNAME,
+        password_hash=hash_password(DEMO_PASSWORD),
+        role="reviewer",
+        display_name="Рецензент демо-клиники",
+        clinic_id=clinic_id,
+        created_at=utcnow(),
+    )
+
+
+async def _ensure_demo_trusted_person(services: Services, clinic_id: str) -> None:
+    """The demo trusted person (a relative of the demo patient, say)."""
+    if await services.accounts.account(DEMO_TRUSTED_USERNAME) is None:
+        async with services.sessions.begin() as session:
+            session.add(
+                UserAccount(
+                    id=new_id(),
+                    username=DEMO_TRUSTED_USERNAME,
+                    password_hash=hash_password(DEMO_PASSWORD),
+                    role="trusted-person",
+                    display_name="Мария Петровна Смирнова",
+                    clinic_id=clinic_id,
+                    created_at=utcnow(),
+                )
+            )
+
+
+async def _demo_reviewer(services: Services, clinic_id: str) -> UserAccount:
+    """The demo reviewer, created in a demo database seeded before reviewers existed."""
+    reviewer = await services.accounts.account(DEMO_REVIEWER_USERNAME)
+    if reviewer is None:
+        async with services.sessions.begin() as session:
+            session.add(_reviewer(clinic_id))
+        reviewer = await services.accounts.account(DEMO_REVIEWER_USERNAME)
+    assert reviewer is not None
+    return reviewer
 
 
 async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultation:
@@ -119,6 +208,10 @@ async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultat
     doctor_ticket = await consultations.ticket_for(consultation_id, "doctor")
     patient_ticket = await consultations.ticket_for(consultation_id, "patient")
     access_token = accounts.token_for(doctor_account)
+    reviewer = await _demo_reviewer(services, doctor_account.clinic_id)
+    await _ensure_demo_pharmacist(services, doctor_account.clinic_id)
+    await _ensure_demo_trusted_person(services, doctor_account.clinic_id)
+    await _ensure_demo_schedule(services, doctor_account)
     return DemoConsultation(
         consultation_id=consultation_id,
         doctor_url=f"{public_url}/doctor?consultation={consultation_id}#token={access_token}",
@@ -130,7 +223,34 @@ async def demo_consultation(services: Services, *, fresh: bool) -> DemoConsultat
         doctor_username=DEMO_DOCTOR_USERNAME,
         doctor_password=DEMO_PASSWORD,
         doctor_totp_secret=DEMO_DOCTOR_TOTP_SECRET,
+        # Like the doctor's link: the token rides in the fragment, never sent to a server.
+        reviewer_url=f"{public_url}/review#token={accounts.token_for(reviewer)}",
+        patient_account_url=f"{public_url}/account#token={accounts.token_for(patient_account)}",
     )
+
+
+async def _ensure_demo_schedule(services: Services, doctor: UserAccount) -> None:
+    """Slots of the demo doctor for each of the next days that has none yet, published
+    through the booking service as the doctor would."""
+    claims = AccessClaims(
+        user_id=doctor.id,
+        role=doctor.role,
+        clinic_id=doctor.clinic_id,
+        practitioner_id=doctor.practitioner_id,
+        patient_id=None,
+        amr=("pwd",),
+        auth_time=0,
+        expires_at=0,
+    )
+    today = datetime.now(DEMO_SCHEDULE_ZONE).date()
+    opens, closes = DEMO_SCHEDULE_HOURS
+    for offset in range(1, DEMO_SCHEDULE_DAYS + 1):
+        day = today + timedelta(days=offset)
+        start = datetime.combine(day, opens, DEMO_SCHEDULE_ZONE)
+        end = datetime.combine(day, closes, DEMO_SCHEDULE_ZONE)
+        if await services.booking.published(claims, None, start, end):
+            continue
+        await services.booking.publish(claims, None, slots_in_range(start, end, APPOINTMENT_LENGTH))
 
 
 def patient_link(public_url: str, consultation_id: str, ticket: str) -> str:

@@ -7,9 +7,14 @@ from sqlalchemy import MetaData
 
 def register_all() -> None:
     import telemed.audit.models
+    import telemed.booking.models
     import telemed.consultations.clinical_models
     import telemed.consultations.models
-    import telemed.identity.models  # noqa: F401
+    import telemed.identity.models
+    import telemed.identity.oidc
+    import telemed.notifications.models
+    import telemed.prescriptions.models
+    import telemed.privacy.models  # noqa: F401
 
 
 def all_metadata() -> list[MetaData]:

@@ -14,6 +14,7 @@ from emr_bridge import BridgeResult, CardBridge, FhirRepository
 from recorder import Recorder, Spool, open_store
 from signaling import ConsultationNamespace, RecordingState
 from telemed.audit import AuditLog, CardAuditLog, load_audit_key
+from telemed.booking import BookingService, PatientAccountService
 from telemed.card_upstream import CardUpstream
 from telemed.consultations.card import CardPublisher
 from telemed.consultations.clinical import ClinicalService, Icd10Index
@@ -22,8 +23,13 @@ from telemed.consultations.service import ConsultationService
 from telemed.db import create_engine, session_factory
 from telemed.identity.accounts import AccountService, LoginPolicy
 from telemed.identity.keys import KeyRing
+from telemed.identity.oidc import OidcVerifier
+from telemed.identity.policy import EVENT_RULES
 from telemed.identity.stepup import StepUpRule
 from telemed.identity.tokens import TokenService
+from telemed.notifications import NotificationService
+from telemed.prescriptions import PrescriptionService
+from telemed.privacy import PrivacyServices, build_privacy
 from telemed.protocols import PractitionerKeys, ProtocolPdf, resolve_font
 from telemed.settings import Settings
 
@@ -53,6 +59,15 @@ class Services:
     recorder: Recorder | None
     # The hash-chained audit log (the card reports into it too).
     audit: AuditLog
+    # E-prescriptions after the consultation: verification, dispensing, cancelling.
+    prescriptions: PrescriptionService
+    # Consent to processing, data subjects' requests, delegations to trusted persons.
+    privacy: PrivacyServices
+    # Doctors' schedules and patients' bookings; the patient's own account.
+    booking: BookingService
+    patient_account: PatientAccountService
+    # Reminders and notifications: the outbox, its worker and scheduler, in-page streams.
+    notifications: NotificationService
 
 
 SERVICES = web.AppKey("services", Services)
@@ -71,6 +86,8 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         issuer=settings.effective_public_url,
         access_ttl_seconds=settings.access_token_ttl_seconds,
         ticket_ttl_seconds=settings.join_ticket_ttl_seconds,
+        # Access tokens of TELEMED_OIDC_ISSUERS, mapped to local accounts.
+        external=OidcVerifier(settings.oidc_issuers, sessions) if settings.oidc_issuers else None,
     )
     consultations = ConsultationService(sessions, tokens, settings.reconnect_grace_seconds)
     manager = (
@@ -87,7 +104,7 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         logger=False,
         engineio_logger=False,
     )
-    namespace = ConsultationNamespace(consultations, settings.signaling)
+    namespace = ConsultationNamespace(consultations, settings.signaling, EVENT_RULES)
     sio.register_namespace(namespace)
     recordings = RecordingService(sessions, tokens, settings.reconnect_grace_seconds)
     recordings.add_notifier(namespace.tell)
@@ -106,12 +123,23 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
     clinical.set_strong_authentication(StepUpRule(settings.step_up_max_age_seconds))
     audit = AuditLog(engine, load_audit_key(settings))
     card = FhirRepository(engine, CardAuditLog(audit))
+    prescriptions = PrescriptionService(
+        sessions,
+        card,
+        audit,
+        public_url=settings.effective_public_url,
+        font=lambda: resolve_font(settings.pdf_font),
+        practitioner_keys=PractitionerKeys(settings.practitioner_keys_dir),
+        require_strong_authentication=StepUpRule(settings.step_up_max_age_seconds),
+    )
+    clinical.set_prescription_lifecycle(prescriptions)
     storage_url_of = open_store(settings.storage).url if settings.recording else str
     upstream = CardUpstream(engine, settings) if settings.fhir_upstream_url else None
 
     def written(result: BridgeResult) -> None:
         if upstream is not None and result.outbox_created:
             upstream.worker.wake()
+        prescriptions.card_written(result)  # a dispense or cancel may precede the card
 
     card_publisher = CardPublisher(
         sessions,
@@ -122,6 +150,11 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         on_written=written,
     )
     _card_follows(card_publisher, consultations, recordings, clinical, settings.recording)
+    # Stream tickets are signed with the issuer's keys (rotation included).
+    notifications = NotificationService(sessions, engine.dialect.name, settings, tokens.keys)
+    # "A document is ready" as soon as a protocol is stored or a prescription finalized.
+    recordings.add_final_listener(notifications.protocol_ready)
+    clinical.add_finalized_listener(notifications.finalized)
     return Services(
         settings=settings,
         engine=engine,
@@ -147,6 +180,11 @@ def build_services(settings: Settings, *, recorder: bool | None = None) -> Servi
         namespace=namespace,
         recorder=built,
         audit=audit,
+        prescriptions=prescriptions,
+        privacy=build_privacy(sessions, audit, card, card_publisher, settings.consent_texts_dir),
+        booking=BookingService(sessions, consultations, audit),
+        patient_account=PatientAccountService(sessions, audit),
+        notifications=notifications,
     )
 
 

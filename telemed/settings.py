@@ -8,6 +8,7 @@ fields, so ``signaling`` never has to know about pydantic or the environment.
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from recorder.storage import StorageConfigError, StorageSettings
 from signaling import IceSettings, SignalingSettings
+from telemed.identity.oidc import OidcIssuer
 
 ENV_PREFIX = "TELEMED_"
 
@@ -72,6 +74,13 @@ class Settings(BaseSettings):
     join_ticket_ttl_seconds: int = Field(
         default=7200, ge=60, description="Lifetime of a join ticket (the link a participant opens)."
     )
+    review_media_ttl_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=900,
+        description="Lifetime of a signed media link of the review page (one recording "
+        "segment); the page renews links before they expire.",
+    )
     login_max_failures: int = Field(
         default=5,
         ge=1,
@@ -88,6 +97,11 @@ class Settings(BaseSettings):
     )
     refresh_token_ttl_seconds: int = Field(
         default=7 * 86400, ge=60, description="Lifetime of a refresh token (each use rotates it)."
+    )
+    oidc_issuers: Annotated[list[OidcIssuer], NoDecode] = Field(
+        default_factory=list,
+        description="External OIDC issuers whose access tokens telemed accepts: a JSON list "
+        "of objects (issuer, audience, roles, ...; see the README's section on them).",
     )
 
     reconnect_grace_seconds: int = Field(
@@ -134,6 +148,65 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description="Failed deliveries before a message is parked as a dead letter.",
+    )
+    consent_texts_dir: Path | None = Field(
+        default=None,
+        description="Directory of the consent-to-processing texts (<version>.txt, "
+        "the version that sorts last is current); the texts shipped with telemed when unset.",
+    )
+
+    notifications: bool = Field(
+        default=True,
+        description="Reminders and notifications (in-page, e-mail, webhook); false stops "
+        "their worker and scheduler in this process.",
+    )
+    notification_reminder_minutes: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1440, 15],
+        description="Comma-separated minutes before an appointment at which its "
+        "participants are reminded (24 h and 15 min by default).",
+    )
+    notification_timezone: str = Field(
+        default="Europe/Moscow", description="Time zone of the times written in reminders."
+    )
+    notification_scan_seconds: float = Field(
+        default=60.0, gt=0, description="How often the scheduler looks for reminders due."
+    )
+    notification_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the worker and each in-page stream look for new notifications.",
+    )
+    notification_max_attempts: int = Field(
+        default=50,
+        ge=1,
+        le=10000,
+        description="Failed deliveries before a notification is marked failed.",
+    )
+    notification_retry_base_seconds: float = Field(
+        default=15.0, gt=0, description="Wait after a failed delivery; doubles with each failure."
+    )
+    notification_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two delivery attempts."
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Let users' webhooks use http:// and private or loopback addresses "
+        "(tests, a closed network); https:// to public addresses only when false.",
+    )
+    smtp_host: str | None = Field(
+        default=None, description="SMTP server for notification e-mail; no e-mail when unset."
+    )
+    smtp_port: int = Field(default=587, ge=1, le=65535, description="SMTP port.")
+    smtp_user: str | None = Field(
+        default=None, description="SMTP user name; no SMTP authentication when unset."
+    )
+    smtp_password: SecretStr | None = Field(default=None, description="SMTP password.")
+    smtp_from: str | None = Field(
+        default=None, description="From address of notification e-mail (needed with a host)."
+    )
+    smtp_starttls: bool = Field(
+        default=True,
+        description="Require STARTTLS on the SMTP connection; false only for a local relay.",
     )
 
     recording: bool = Field(
@@ -205,6 +278,17 @@ class Settings(BaseSettings):
         default=None, description="File holding the audit log's key, instead of TELEMED_AUDIT_KEY."
     )
 
+    @field_validator("oidc_issuers", mode="before")
+    @classmethod
+    def _oidc_json(cls, value: Any) -> Any:
+        # Parsed here, not by pydantic-settings, so bad JSON is a message, not a traceback.
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else []
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list of issuers ({exc.msg})") from None
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, proxies: list[str]) -> list[str]:
@@ -273,6 +357,40 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
+
+    @field_validator("notification_reminder_minutes", mode="before")
+    @classmethod
+    def _reminder_list(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("notification_reminder_minutes")
+    @classmethod
+    def _reminder_minutes(cls, minutes: list[int]) -> list[int]:
+        if any(m <= 0 for m in minutes):
+            raise ValueError("minutes before an appointment must be positive")
+        return sorted(set(minutes), reverse=True)
+
+    @field_validator("notification_timezone")
+    @classmethod
+    def _notification_zone(cls, zone: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{zone!r} is not a known time zone") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _smtp_sender(self) -> Settings:
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("TELEMED_SMTP_HOST needs TELEMED_SMTP_FROM")
+        if self.notification_retry_max_seconds < self.notification_retry_base_seconds:
+            raise ValueError(
+                "TELEMED_NOTIFICATION_RETRY_MAX_SECONDS is below "
+                "TELEMED_NOTIFICATION_RETRY_BASE_SECONDS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _upstream_token_once(self) -> Settings:

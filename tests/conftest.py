@@ -146,6 +146,7 @@ class RunningApp:
     url: str
     settings: Settings
     services: Services
+    application: web.Application
 
     async def demo(self) -> DemoConsultation:
         return await demo_consultation(self.services, fresh=True)
@@ -155,12 +156,13 @@ class RunningApp:
 async def serving(settings: Settings) -> AsyncIterator[RunningApp]:
     """The real application on ``settings.host:settings.port`` until the block ends."""
     services = build_services(settings)
-    runner = web.AppRunner(create_app(settings, services), shutdown_timeout=1)
+    application = create_app(settings, services)
+    runner = web.AppRunner(application, shutdown_timeout=1)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
     try:
-        yield RunningApp(f"http://{settings.host}:{settings.port}", settings, services)
+        yield RunningApp(f"http://{settings.host}:{settings.port}", settings, services, application)
     finally:
         await runner.cleanup()
 

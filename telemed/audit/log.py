@@ -72,6 +72,9 @@ class Action(StrEnum):
     DELETE = "delete"
     LOGIN = "login"
     LOGOUT = "logout"
+    # A second factor confirmed again for a fresh token; a refresh token exchanged.
+    STEP_UP = "step-up"
+    REFRESH = "refresh"
     EXPORT = "export"
     PUBLISH = "publish"
     UNPUBLISH = "unpublish"
@@ -530,6 +533,8 @@ def _card_patient(event: CardAuditEvent) -> str | None:
     accessor = event.accessor
     if accessor.kind is AccessorKind.PATIENT:
         return accessor.patient_id
+    if accessor.kind is AccessorKind.DELEGATE and len(accessor.delegated) == 1:
+        return accessor.delegated[0][0]  # a trusted person of one patient reads that card
     # Otherwise only a Patient resource names its patient in the event itself.
     patients = {
         ref.split("/")[1]

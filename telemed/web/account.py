@@ -16,10 +16,17 @@ lives in :mod:`telemed.web.routes`): thin handlers over
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from telemed.audit import Action, AuditEvent, Outcome
 from telemed.identity.accounts import LoginResult
+from telemed.identity.tokens import AccessClaims, TokenError
+from telemed.problems import Problem
+from telemed.web.audit import outcome_of
+from telemed.web.middleware import Handler
 from telemed.web.routes import NO_STORE, _claims, _json_body, _services
 
 
@@ -83,9 +90,54 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=NO_STORE)
 
 
+def _account_of(request: web.Request) -> AccessClaims | None:
+    """Whose account a request is about, as far as its bearer token tells."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    try:
+        return _services(request).tokens.verify_access(token.strip())
+    except TokenError:
+        return None
+
+
+def audited(action: Action) -> Callable[[Handler], Handler]:
+    """One audit entry per call of an account handler: the account (when a token names
+    it, else anonymous — a refresh or logout carries only the refresh token), the action,
+    the outcome. Codes and tokens are never logged."""
+
+    def wrap(handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except Problem as problem:
+                status = problem.status
+                raise
+            finally:
+                claims = _account_of(request)
+                await _services(request).audit.record(
+                    AuditEvent(
+                        actor=claims.user_id if claims else "anonymous",
+                        role=claims.role if claims else "anonymous",
+                        action=action,
+                        outcome=outcome_of(status) if status != 500 else Outcome.ERROR,
+                        resource_type="account",
+                        resource_id=claims.user_id if claims else None,
+                        patient_id=claims.patient_id if claims else None,
+                    )
+                )
+
+        return wrapped
+
+    return wrap
+
+
 def setup(app: web.Application) -> None:
-    app.router.add_post("/api/v1/account/totp", start_totp)
-    app.router.add_post("/api/v1/account/totp/confirm", confirm_totp)
-    app.router.add_post("/api/v1/token/step-up", step_up)
-    app.router.add_post("/api/v1/token/refresh", refresh)
-    app.router.add_post("/api/v1/logout", logout)
+    app.router.add_post("/api/v1/account/totp", audited(Action.CREATE)(start_totp))
+    app.router.add_post("/api/v1/account/totp/confirm", audited(Action.UPDATE)(confirm_totp))
+    app.router.add_post("/api/v1/token/step-up", audited(Action.STEP_UP)(step_up))
+    app.router.add_post("/api/v1/token/refresh", audited(Action.REFRESH)(refresh))
+    app.router.add_post("/api/v1/logout", audited(Action.LOGOUT)(logout))

@@ -66,7 +66,7 @@ def _access_claims(services: Services, request: web.Request) -> AccessClaims | N
         return None
 
 
-async def _patient_of_consultation(services: Services, consultation_id: str) -> str | None:
+async def patient_of_consultation(services: Services, consultation_id: str) -> str | None:
     async with services.sessions() as session:
         patient_id: str | None = await session.scalar(
             select(Appointment.patient_id)
@@ -154,7 +154,7 @@ def audited_clinical(handler: Handler) -> Handler:
                 outcome=outcome,
                 resource_type=_CLINICAL_RESOURCES.get(segment, "clinical-record"),
                 resource_id="/".join(filter(None, (consultation_id, item_id))),
-                patient_id=await _patient_of_consultation(services, consultation_id),
+                patient_id=await patient_of_consultation(services, consultation_id),
             )
             if action is Action.READ and outcome is Outcome.OK:
                 services.audit.record_later(event)  # a read may be committed just after
@@ -219,7 +219,7 @@ def audited_whip(handler: Handler) -> Handler:
                     outcome=outcome,
                     resource_type="recording",
                     resource_id="/".join(filter(None, (consultation_id, session_id))),
-                    patient_id=await _patient_of_consultation(services, consultation_id),
+                    patient_id=await patient_of_consultation(services, consultation_id),
                 )
             )
 

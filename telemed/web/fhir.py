@@ -11,6 +11,7 @@ calls the router and writes its answer back unchanged. Errors here are FHIR too
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from aiohttp import web
 
@@ -28,6 +29,7 @@ AccessorResolver = Callable[[AccessClaims, str | None], Awaitable[Accessor | Non
 
 # The role of a service token that may write into this card as the system does.
 CARD_CLIENT_ROLE = "card-client"
+TRUSTED_PERSON_ROLE = "trusted-person"
 
 
 async def resolve_by_domain_ids(
@@ -41,7 +43,9 @@ async def resolve_by_domain_ids(
     ``telemed card client-token``) writes as the system. Other roles get no access."""
     if claims.role == "patient" and claims.patient_id:
         return Accessor.patient(claims.user_id, claims.patient_id, client_address=client_address)
-    if claims.role == "doctor" and claims.practitioner_id and claims.clinic_id:
+    # A nurse reads as the clinic's practitioners do; the card lets no practitioner write
+    # through its API (the doctor writes through consultations, as the system).
+    if claims.role in ("doctor", "nurse") and claims.practitioner_id and claims.clinic_id:
         return Accessor.practitioner(
             claims.user_id,
             claims.practitioner_id,
@@ -52,6 +56,34 @@ async def resolve_by_domain_ids(
     if claims.role == CARD_CLIENT_ROLE:
         return Accessor.system(claims.user_id, client_address=client_address)
     return None
+
+
+# A trusted person's claims and address -> the delegate accessor of what is delegated to
+# them right now, or None (telemed.privacy.delegation.DelegationService.accessor).
+DelegateResolver = Callable[[AccessClaims, str | None], Awaitable[Accessor | None]]
+# A practitioner's id and clinic -> the patients whose restricted cards they may not read
+# (telemed.privacy.rights.RightsService.withheld_from).
+WithheldResolver = Callable[[str, str], Awaitable[frozenset[str]]]
+
+
+class DomainResolver:
+    """:func:`resolve_by_domain_ids` plus the patients' rights: a trusted person reads
+    what patients delegated to them (while a delegation is in force), and a doctor does
+    not read the restricted cards of patients they do not treat."""
+
+    def __init__(self, delegates: DelegateResolver, withheld: WithheldResolver) -> None:
+        self._delegates = delegates
+        self._withheld = withheld
+
+    async def __call__(self, claims: AccessClaims, client_address: str | None) -> Accessor | None:
+        if claims.role == TRUSTED_PERSON_ROLE:
+            return await self._delegates(claims, client_address)
+        accessor = await resolve_by_domain_ids(claims, client_address)
+        if accessor is not None and accessor.practitioner_id and accessor.organization_id:
+            withheld = await self._withheld(accessor.practitioner_id, accessor.organization_id)
+            if withheld:
+                accessor = replace(accessor, withheld_patients=withheld)
+        return accessor
 
 
 class FhirEndpoint:
@@ -75,6 +107,8 @@ class FhirEndpoint:
         self._public_base_url = public_base_url.rstrip("/") if public_base_url else None
 
     def setup(self, app: web.Application) -> None:
+        # Its own route, so the access policy can leave the CapabilityStatement public.
+        app.router.add_get(self._prefix + "/metadata", self.handle)
         app.router.add_route("*", self._prefix, self.handle)
         app.router.add_route("*", self._prefix + "/{tail:.*}", self.handle)
 
@@ -85,7 +119,8 @@ class FhirEndpoint:
             return self._respond(error_response(error), challenge=isinstance(error, Unauthorized))
         fhir_request = FhirRequest(
             method=request.method,
-            path=request.match_info.get("tail", ""),
+            # The catch-all routes name the tail; /metadata is a route of its own.
+            path=request.match_info.get("tail", request.path[len(self._prefix) :].lstrip("/")),
             query=list(request.query.items()),
             headers=dict(request.headers),
             body=await request.read() if request.body_exists else b"",

@@ -16,6 +16,7 @@ from telemed.demo import patient_link
 from telemed.identity.tokens import AccessClaims, TokenError
 from telemed.problems import BadRequest, Forbidden, Problem, Unauthorized
 from telemed.services import SERVICES, Services
+from telemed.web.access import CLAIMS
 from telemed.web.audit import record_login
 from telemed.web.pages import render_page
 
@@ -54,6 +55,10 @@ async def _json_body(request: web.Request, model: type[BaseModel]) -> Any:
 
 
 def _claims(request: web.Request) -> AccessClaims:
+    """The request's verified claims: those the access policy verified already, else the
+    bearer token's."""
+    if CLAIMS in request:
+        return request[CLAIMS]
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -83,17 +88,23 @@ async def login(request: web.Request) -> web.Response:
         await record_login(request, None, refusal.status)
         raise
     await record_login(request, result.access_token)
-    return web.json_response(
-        {
-            "access_token": result.access_token,
-            "token_type": "Bearer",
-            "expires_in": result.expires_in,
-            "refresh_token": result.refresh_token,
-            "role": result.role,
-            "display_name": result.display_name,
-        },
-        headers=NO_STORE,
+    answer: dict[str, Any] = {
+        "access_token": result.access_token,
+        "token_type": "Bearer",
+        "expires_in": result.expires_in,
+        "refresh_token": result.refresh_token,
+        "role": result.role,
+        "display_name": result.display_name,
+    }
+    # A patient or trusted person who has not accepted the current consent to processing
+    # is asked here; until then only the consent routes answer (telemed.privacy.consent).
+    services = _services(request)
+    pending = await services.privacy.consent.pending(
+        services.tokens.verify_access(result.access_token)
     )
+    if pending is not None:
+        answer["consent_required"] = {"version": pending.version, "text_url": pending.text_url}
+    return web.json_response(answer, headers=NO_STORE)
 
 
 async def appointments(request: web.Request) -> web.Response:

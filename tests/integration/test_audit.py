@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,10 +33,9 @@ from telemed.audit.models import AuditEntryRow
 from telemed.db import create_engine
 from telemed.services import build_services
 from telemed.settings import Settings
-from telemed.web import audit as audit_routes
 from telemed.web.audit import AUDIT_EVENT_PATH
 from telemed.web.middleware import request_context
-from tests.conftest import RunningApp
+from tests.conftest import RunningApp, serving
 
 KEY = b"k" * 16 + b"0123456789abcdef-test-key"
 OTHER_KEY = b"x" * 48
@@ -267,31 +265,10 @@ async def test_the_cli_names_the_broken_entry(
 # The card over HTTP ---------------------------------------------------------------------
 
 
-async def serve(settings: Settings) -> tuple[web.AppRunner, Any]:
-    services = build_services(settings)
-    app = create_app(settings, services)
-    if request_context not in app.middlewares:
-        # Until app.py lists it (the lead's line), bind it where it belongs: right after
-        # forwarded_client, before the security headers and problem rendering.
-        app.middlewares.insert(1, request_context)
-    if not any(
-        route.resource is not None and route.resource.canonical == AUDIT_EVENT_PATH
-        for route in app.router.routes()
-    ):
-        audit_routes.setup(app)  # the lead's line in app.py, likewise
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port).start()
-    return runner, services
-
-
 @pytest.fixture
 async def running(settings: Settings) -> AsyncIterator[RunningApp]:
-    runner, services = await serve(settings)
-    try:
-        yield RunningApp(f"http://{settings.host}:{settings.port}", settings, services)
-    finally:
-        await runner.cleanup()
+    async with serving(settings) as app:
+        yield app
 
 
 def patient_resource() -> dict[str, Any]:
@@ -401,7 +378,8 @@ async def test_sign_ins_clinical_records_and_whip_are_audited(running: RunningAp
         ("login", "account", "denied", "anonymous"),
         ("login", "account", "ok", "patient"),
         ("read", "clinical-record", "ok", "doctor"),
-        ("read", "clinical-record", "denied", "patient"),
+        # The patient role may not read clinical records at all: the policy refuses.
+        ("read", "consultation", "denied", "patient"),
         ("publish", "recording", "denied", "anonymous"),
     ]
     failed, signed_in, read, refused, publish = entries
@@ -461,3 +439,34 @@ async def test_a_patient_sees_who_looked_at_their_card(running: RunningApp) -> N
         "denied",
         theirs,
     )
+
+
+async def test_second_factor_step_up_refresh_and_logout_are_audited(running: RunningApp) -> None:
+    demo = await running.demo()
+    audit = running.services.audit
+    before = len(await audit.entries(limit=1000))
+    doctor = {"Authorization": f"Bearer {demo.doctor_access_token}"}
+    async with aiohttp.ClientSession() as http:
+        # The demo doctor has a second factor already: a new enrollment is refused.
+        async with http.post(f"{running.url}/api/v1/account/totp", headers=doctor) as response:
+            assert response.status == 409
+        async with http.post(
+            f"{running.url}/api/v1/token/step-up", json={"code": "000000"}, headers=doctor
+        ) as response:
+            assert response.status in (401, 200)
+            stepped_up = response.status == 200
+        body = {"refresh_token": "no-such-token"}
+        async with http.post(f"{running.url}/api/v1/token/refresh", json=body) as response:
+            assert response.status == 401
+        async with http.post(f"{running.url}/api/v1/logout", json=body) as response:
+            assert response.status == 204
+    await audit.flush()
+    entries = (await audit.entries(limit=1000))[before:]
+    assert [(e.action, e.outcome, e.role) for e in entries] == [
+        ("create", "error", "doctor"),
+        ("step-up", "ok" if stepped_up else "denied", "doctor"),
+        ("refresh", "denied", "anonymous"),
+        ("logout", "ok", "anonymous"),
+    ]
+    assert all(e.resource_type == "account" for e in entries)
+    assert "000000" not in repr(entries)

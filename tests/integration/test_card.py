@@ -14,6 +14,7 @@ from telemed.consultations.models import Consultation
 from tests.calls import PRESCRIPTION, in_call, request, until
 from tests.conftest import RunningApp
 from tests.peers import Peer
+from tests.privacy import accept_consent
 from tests.stepup import strong_token
 
 FHIR = "application/fhir+json"
@@ -25,7 +26,8 @@ async def patient_token(http: aiohttp.ClientSession, app: RunningApp) -> str:
     ) as response:
         assert response.status == 200
         token: str = (await response.json())["access_token"]
-        return token
+    await accept_consent(http, app.url, token)  # asked at the patient's first sign-in
+    return token
 
 
 async def card_search(

@@ -21,6 +21,7 @@ from telemed.services import build_services
 from telemed.settings import Settings
 from tests.calls import PRESCRIPTION
 from tests.conftest import RunningApp
+from tests.privacy import accept_consent
 from tests.stepup import totp_code
 
 PROBLEM = "urn:telemed:problem:"
@@ -163,6 +164,7 @@ async def test_a_user_enrolls_by_qr_code_and_then_needs_a_code(app: RunningApp) 
         status, body = await login(http, app, "patient", "demo", None)
         assert status == 200
         token = body["access_token"]
+        await accept_consent(http, app.url, token)  # a patient's first step after sign-in
         assert (await post(http, f"{app.url}/api/v1/account/totp"))[0] == 401
 
         status, enrollment = await post(http, f"{app.url}/api/v1/account/totp", token=token)
@@ -310,6 +312,7 @@ async def test_step_up_without_a_second_factor_is_a_conflict(app: RunningApp) ->
     await app.demo()
     async with aiohttp.ClientSession() as http:
         _, body = await login(http, app, "patient", "demo", None)
+        await accept_consent(http, app.url, body["access_token"])
         status, problem = await post(
             http, f"{app.url}/api/v1/token/step-up", {"code": "123456"}, body["access_token"]
         )

@@ -37,6 +37,7 @@ import {
 import { RecordingControl } from "./recording.js";
 import { openClinical } from "./clinical.js";
 import { onTokenRenewed } from "./stepup.js";
+import { SecurityPanel } from "./security.js";
 
 const TOKEN_KEY = "telemed.doctor.token";
 /** The refresh token of the sign-in, revoked when the doctor signs out. */
@@ -49,6 +50,9 @@ const STARTABLE = new Set(["scheduled", "waiting", "in_progress"]);
 const el = {
   ...callStageElements(),
   logout: byId("logout"),
+  securityOpen: byId("security-open"),
+  securityView: byId("security-view"),
+  securityClose: byId("security-close"),
   loginView: byId("login-view"),
   loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
   loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
@@ -95,12 +99,15 @@ const page = {
 
 // Views ------------------------------------------------------------------------------
 
-/** @param {"login"|"list"|"call"} name */
+/** @param {"login"|"list"|"call"|"security"} name */
 function showView(name) {
   show(el.loginView, name === "login");
   show(el.listView, name === "list");
   show(el.callView, name === "call");
+  show(el.securityView, name === "security");
   show(el.logout, name !== "login");
+  // Not during a call: the panel would hide the call without ending it.
+  show(el.securityOpen, name === "list");
 }
 
 // Token ------------------------------------------------------------------------------
@@ -493,6 +500,15 @@ function init() {
   bindUnmuteButton(el.unmuteRemote, el.remoteVideo);
   el.loginForm.addEventListener("submit", onLoginSubmit);
   el.logout.addEventListener("click", () => signOut());
+  const security = new SecurityPanel(
+    () => page.token,
+    () => signOut("login.expired"),
+  );
+  el.securityOpen.addEventListener("click", () => {
+    security.reset();
+    showView("security");
+  });
+  el.securityClose.addEventListener("click", () => loadAppointments());
   el.refresh.addEventListener("click", () => loadAppointments());
   el.hangup.addEventListener("click", onHangup);
   el.copyLink.addEventListener("click", onCopyLink);
