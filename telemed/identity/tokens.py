@@ -230,56 +230,79 @@ class TokenService:
         return claims
 
     def _sign(self, claims: dict[str, Any], audience: str, now: int, ttl: int) -> str:
-        key = self._keys.current
-        payload = {
-            **claims,
-            "iss": self._issuer,
-            "aud": audience,
-            "iat": now,
-            "nbf": now,
-            "exp": now + ttl,
-            "jti": uuid.uuid4().hex,
-        }
-        return jwt.encode(payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        return sign_scoped(self._keys, self._issuer, audience, claims, now=now, ttl=ttl)
 
     def _verify(self, token: str | None, audience: str, typ: str) -> dict[str, Any]:
-        if not token:
-            raise TokenError("token_missing", "no token")
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "malformed token") from None
-        public_key = self._keys.public_key(kid) if isinstance(kid, str) else None
-        if public_key is None:
-            if _unverified_issuer(token) not in (None, self._issuer):
-                raise TokenError("token_invalid", "token of an issuer this server does not trust")
-            raise TokenError("token_invalid", "unknown signing key")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                public_key,
-                algorithms=[ALGORITHM],
-                audience=audience,
-                issuer=self._issuer,
-                leeway=5,
-                options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token_expired", "token expired") from None
-        except jwt.InvalidIssuerError:
-            # Our key signed it, but for another public URL: almost always `telemed demo`
-            # run with a different TELEMED_PORT or TELEMED_PUBLIC_URL than the server.
-            issued_for = jwt.decode(token, options={"verify_signature": False}).get("iss")
-            raise TokenError(
-                "token_invalid",
-                f"token was issued for {issued_for!r} but this server is {self._issuer!r}; "
-                "issue links with the same TELEMED_PUBLIC_URL (or TELEMED_PORT) as the server",
-            ) from None
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "token not valid") from None
-        if claims.get("typ") != typ:
-            raise TokenError("token_invalid", f"not a {typ} token")
-        return claims
+        return verify_scoped(self._keys, self._issuer, token, audience, typ)
+
+
+def sign_scoped(
+    keys: KeyRing, issuer: str, audience: str, claims: dict[str, Any], *, now: int, ttl: int
+) -> str:
+    """A JWT of this issuer for one ``audience`` (access, join, review media, notification
+    stream…), signed by the ring's current key; ``claims`` says what it opens."""
+    key = keys.current
+    payload = {
+        **claims,
+        "iss": issuer,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+
+
+def verify_scoped(
+    keys: KeyRing,
+    issuer: str,
+    token: str | None,
+    audience: str,
+    typ: str,
+    *,
+    leeway: int = 5,
+) -> dict[str, Any]:
+    """The claims of a token :func:`sign_scoped` made for ``audience`` with ``typ``;
+    TokenError (token_missing, token_invalid, token_expired) for anything else. Only our
+    keys and EdDSA verify: a token's own header never chooses the algorithm."""
+    if not token:
+        raise TokenError("token_missing", "no token")
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        raise TokenError("token_invalid", "malformed token") from None
+    public_key = keys.public_key(kid) if isinstance(kid, str) else None
+    if public_key is None:
+        if _unverified_issuer(token) not in (None, issuer):
+            raise TokenError("token_invalid", "token of an issuer this server does not trust")
+        raise TokenError("token_invalid", "unknown signing key")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=issuer,
+            leeway=leeway,
+            options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenError("token_expired", "token expired") from None
+    except jwt.InvalidIssuerError:
+        # Our key signed it, but for another public URL: almost always `telemed demo`
+        # run with a different TELEMED_PORT or TELEMED_PUBLIC_URL than the server.
+        issued_for = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        raise TokenError(
+            "token_invalid",
+            f"token was issued for {issued_for!r} but this server is {issuer!r}; "
+            "issue links with the same TELEMED_PUBLIC_URL (or TELEMED_PORT) as the server",
+        ) from None
+    except jwt.PyJWTError:
+        raise TokenError("token_invalid", "token not valid") from None
+    if claims.get("typ") != typ:
+        raise TokenError("token_invalid", f"not a {typ} token")
+    return claims
 
 
 def _unverified_issuer(token: str) -> str | None:

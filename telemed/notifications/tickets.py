@@ -11,14 +11,11 @@ and only for a minute (a ticket copied from a proxy's log or a history is spent)
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import jwt
-
-from telemed.identity.keys import ALGORITHM, KeyRing
-from telemed.identity.tokens import TokenError
+from telemed.identity.keys import KeyRing
+from telemed.identity.tokens import TokenError, sign_scoped, verify_scoped
 
 STREAM_AUDIENCE = "telemed:notifications"
 STREAM_TICKET_TTL_SECONDS = 60
@@ -47,47 +44,22 @@ class StreamTickets:
         self._spent: dict[str, int] = {}
 
     def issue(self, user_id: str, role: str) -> str:
-        now = int(self._clock())
-        key = self._keys.current
-        payload = {
-            "typ": "notification-stream",
-            "sub": user_id,
-            "role": role,
-            "iss": self._issuer,
-            "aud": STREAM_AUDIENCE,
-            "iat": now,
-            "nbf": now,
-            "exp": now + self.ttl_seconds,
-            "jti": uuid.uuid4().hex,
-        }
-        return jwt.encode(payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
+        claims = {"typ": "notification-stream", "sub": user_id, "role": role}
+        return sign_scoped(
+            self._keys,
+            self._issuer,
+            STREAM_AUDIENCE,
+            claims,
+            now=int(self._clock()),
+            ttl=self.ttl_seconds,
+        )
 
     def verify(self, token: str | None) -> StreamTicket:
         """The ticket's user; TokenError (token_missing, token_invalid, token_expired)."""
-        if not token:
-            raise TokenError("token_missing", "no stream ticket")
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "malformed stream ticket") from None
-        public_key = self._keys.public_key(kid) if isinstance(kid, str) else None
-        if public_key is None:
-            raise TokenError("token_invalid", "unknown signing key")
-        try:
-            claims = jwt.decode(
-                token,
-                public_key,
-                algorithms=[ALGORITHM],
-                audience=STREAM_AUDIENCE,
-                issuer=self._issuer,
-                leeway=5,
-                options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token_expired", "stream ticket expired") from None
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "stream ticket not valid") from None
-        if claims.get("typ") != "notification-stream" or not isinstance(claims.get("role"), str):
+        claims = verify_scoped(
+            self._keys, self._issuer, token, STREAM_AUDIENCE, "notification-stream"
+        )
+        if not isinstance(claims.get("role"), str):
             raise TokenError("token_invalid", "not a stream ticket")
         self._spend(str(claims["jti"]), int(claims["exp"]))
         return StreamTicket(str(claims["sub"]), claims["role"], int(claims["exp"]))

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 import qrcode
-from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from PIL.Image import Image
 from qrcode.constants import ERROR_CORRECT_M
 
 from telemed.protocols import PdfFont
+from telemed.protocols.pdf import A4Document
 
 __all__ = ["PrescriptionDocument", "PrescriptionPdf", "qr_image"]
 
@@ -80,14 +80,7 @@ class PrescriptionPdf:
         return bytes(pdf.output())
 
 
-class _Page(FPDF):
-    def __init__(self, font: PdfFont) -> None:
-        super().__init__(format="A4")
-        self.add_font("body", "", str(font.regular))
-        self.add_font("body", "B", str(font.bold))
-        self.set_margins(15, 15, 15)
-        self.set_auto_page_break(True, margin=15)
-
+class _Page(A4Document):
     def field(self, label: str, value: str, size: float = 10) -> None:
         self.set_font("body", "B", size)
         self.cell(50, 5.5, label)

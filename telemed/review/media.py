@@ -19,17 +19,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from recorder.storage import FileSystemStore, ObjectNotFoundError, ObjectStore, validate_key
-from telemed.identity.keys import ALGORITHM, KeyRing
-from telemed.identity.tokens import TokenError
+from telemed.identity.keys import KeyRing
+from telemed.identity.tokens import TokenError, sign_scoped, verify_scoped
 
 __all__ = [
     "MEDIA_AUDIENCE",
@@ -93,12 +90,8 @@ class MediaTokens:
     ) -> tuple[str, int]:
         """A token for one segment and the Unix time it expires."""
         now = int(self._clock())
-        expires = now + self.ttl_seconds
-        key = self._keys.current
-        payload: dict[str, Any] = {
+        claims: dict[str, Any] = {
             "typ": "review-media",
-            "iss": self._issuer,
-            "aud": MEDIA_AUDIENCE,
             "sub": user_id,
             "role": role,
             "cid": consultation_id,
@@ -106,42 +99,18 @@ class MediaTokens:
             "key": object_key,
             "ct": content_type,
             "pid": patient_id,
-            "iat": now,
-            "nbf": now,
-            "exp": expires,
-            "jti": uuid.uuid4().hex,
         }
-        token = jwt.encode(payload, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid})
-        return token, expires
+        token = sign_scoped(
+            self._keys, self._issuer, MEDIA_AUDIENCE, claims, now=now, ttl=self.ttl_seconds
+        )
+        return token, now + self.ttl_seconds
 
     def verify(self, token: str | None, segment_id: str) -> MediaGrant:
         """The grant of a token for ``segment_id``; TokenError (token_missing,
         token_invalid, token_expired) otherwise."""
-        if not token:
-            raise TokenError("token_missing", "the media link carries no token")
-        try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "malformed media token") from None
-        public_key = self._keys.public_key(kid) if isinstance(kid, str) else None
-        if public_key is None:
-            raise TokenError("token_invalid", "unknown signing key")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                public_key,
-                algorithms=[ALGORITHM],
-                audience=MEDIA_AUDIENCE,
-                issuer=self._issuer,
-                leeway=2,
-                options={"require": ["exp", "iat", "sub", "aud", "iss", "jti"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise TokenError("token_expired", "the media link has expired") from None
-        except jwt.PyJWTError:
-            raise TokenError("token_invalid", "media token not valid") from None
-        if claims.get("typ") != "review-media":
-            raise TokenError("token_invalid", "not a media token")
+        claims = verify_scoped(
+            self._keys, self._issuer, token, MEDIA_AUDIENCE, "review-media", leeway=2
+        )
         if claims.get("seg") != segment_id:
             raise TokenError("token_invalid", "this media token is for another recording")
         for name in ("role", "cid", "key", "ct"):

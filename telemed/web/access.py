@@ -13,17 +13,15 @@ import logging
 
 from aiohttp import web
 
-from emr_bridge.outcomes import FhirError
 from emr_bridge.outcomes import Forbidden as FhirForbidden
 from emr_bridge.outcomes import Unauthorized as FhirUnauthorized
-from emr_bridge.router import error_response
 from telemed.audit import Action, AuditEvent, Outcome
 from telemed.identity.policy import Authentication, allows, http_rule
 from telemed.identity.tokens import AccessClaims, TokenError
 from telemed.privacy.consent import CONSENT_PATH, CONSENT_ROUTES
 from telemed.problems import Forbidden, Problem, Unauthorized
 from telemed.services import SERVICES
-from telemed.web.audit import patient_of_consultation
+from telemed.web.audit import fhir_error, patient_of_consultation
 from telemed.web.middleware import Handler
 
 log = logging.getLogger(__name__)
@@ -51,20 +49,10 @@ def bearer_token(request: web.Request) -> str | None:
 def _refusal(request: web.Request, problem: Problem) -> web.StreamResponse:
     if not request.path.startswith("/fhir"):
         raise problem
-    error: FhirError = (
+    return fhir_error(
         FhirUnauthorized(problem.detail)
         if isinstance(problem, Unauthorized)
         else FhirForbidden(problem.detail)
-    )
-    answer = error_response(error)
-    headers = {**answer.headers, "Cache-Control": "no-store"}
-    headers.pop("Content-Type", None)
-    return web.Response(
-        status=answer.status,
-        body=answer.body,
-        content_type="application/fhir+json",
-        charset="utf-8",
-        headers=headers,
     )
 
 

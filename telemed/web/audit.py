@@ -234,7 +234,9 @@ AUDIT_EVENT_PATH = "/fhir/AuditEvent"
 MAX_PAGE = 200
 
 
-def _fhir_error(error: FhirError) -> web.Response:
+def fhir_error(error: FhirError) -> web.Response:
+    """A FHIR error as its ``OperationOutcome`` (FHIR clients expect one, not a problem
+    document), never cached."""
     answer = error_response(error)
     headers = {**answer.headers, "Cache-Control": "no-store"}
     headers.pop("Content-Type", None)
@@ -254,13 +256,13 @@ async def audit_events(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     claims = _access_claims(services, request)
     if claims is None:
-        return _fhir_error(FhirUnauthorized("send Authorization: Bearer <access token>"))
+        return fhir_error(FhirUnauthorized("send Authorization: Bearer <access token>"))
     patient_id = request.query.get("patient", "").removeprefix("Patient/")
     try:
         count = min(int(request.query.get("_count", "50")), MAX_PAGE)
         after = int(request.query.get("_after", "0"))
     except ValueError:
-        return _fhir_error(InvalidRequest("_count and _after are whole numbers"))
+        return fhir_error(InvalidRequest("_count and _after are whole numbers"))
     allowed = claims.role == "patient" and bool(patient_id) and patient_id == claims.patient_id
     await services.audit.record(
         AuditEvent(
@@ -273,7 +275,7 @@ async def audit_events(request: web.Request) -> web.Response:
         )
     )
     if not allowed:
-        return _fhir_error(FhirForbidden("a patient sees the audit trail of their own card"))
+        return fhir_error(FhirForbidden("a patient sees the audit trail of their own card"))
     entries = await services.audit.entries(
         patient_id=patient_id, after=max(after, 0), limit=max(count, 1)
     )

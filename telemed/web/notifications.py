@@ -24,10 +24,10 @@ import asyncio
 import json
 import re
 from contextlib import suppress
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from telemed.audit import Action, AuditEvent, Outcome
 from telemed.identity.policy import Permission, allows
@@ -37,12 +37,11 @@ from telemed.notifications.channels import DeliveryError, check_webhook_url
 from telemed.problems import BadRequest, Forbidden, Unauthorized
 from telemed.services import SERVICES, Services
 from telemed.web.access import request_claims
+from telemed.web.routes import _json_body
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEARTBEAT_SECONDS = 15.0
 _EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[^@\s<>\"]+\.[^@\s<>\"]+$")
-
-Model = TypeVar("Model", bound=BaseModel)
 
 
 class ChannelsIn(BaseModel):
@@ -74,22 +73,6 @@ def _services(request: web.Request) -> Services:
 
 def _notifications(request: web.Request) -> NotificationService:
     return request.app[SERVICES].notifications
-
-
-async def _body(request: web.Request, model: type[Model]) -> Model:
-    if request.content_type != "application/json":
-        raise BadRequest(
-            "send application/json",
-            code="unsupported-media-type",
-            status=415,
-            title="Unsupported media type",
-        )
-    try:
-        return model.model_validate_json(await request.read())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BadRequest(f"{where}: {first['msg']}") from None
 
 
 async def _audit(
@@ -135,7 +118,7 @@ async def listing(request: web.Request) -> web.Response:
 
 async def mark_read(request: web.Request) -> web.Response:
     claims = request_claims(request)
-    body = await _body(request, ReadIn)
+    body = await _json_body(request, ReadIn)
     if body.all == (body.ids is not None):
         raise BadRequest('send either "ids" or "all": true')
     marked = await _notifications(request).store.mark_read(
@@ -157,7 +140,7 @@ async def get_preferences(request: web.Request) -> web.Response:
 
 async def put_preferences(request: web.Request) -> web.Response:
     claims = request_claims(request)
-    body = await _body(request, PreferencesIn)
+    body = await _json_body(request, PreferencesIn)
     service = _notifications(request)
     email = (body.email or "").strip() or None
     url = (body.webhook_url or "").strip() or None
