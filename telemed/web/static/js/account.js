@@ -13,10 +13,11 @@
 
 import { ApiError, apiRequest, clearProblem, login, logout, problemCodeOf, showProblem } from "./api.js";
 import { getLanguage, getLocale, onLanguageChange } from "./i18n.js";
-import { byId, initLanguage, show, storageGet, storageSet } from "./ui.js";
+import { byId, initLanguage, show } from "./ui.js";
+import { PageSession } from "./session.js";
 
-const TOKEN_KEY = "telemed.account.token";
-const REFRESH_KEY = "telemed.account.refresh";
+/** The sign-in of this page (its tokens in sessionStorage). */
+const signIn = new PageSession("account");
 const SLOT_DAYS = 14;
 const TOAST_MS = 6000;
 // The audit trail is read oldest first, a page at a time; at most this many pages.
@@ -531,7 +532,7 @@ const el = {
 
 const page = {
   /** @type {string|null} */
-  token: storageGet(sessionStorage, TOKEN_KEY),
+  token: signIn.token,
   /** @type {{patient_id: string, user_id: string, display_name: string, clinic_name: string}|null} */
   profile: null,
   /** @type {Array<Record<string, any>>} */
@@ -569,26 +570,14 @@ function showView(name) {
 
 // Token ----------------------------------------------------------------------------------
 
-function takeTokenFromFragment() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const token = params.get("token");
-  if (!token) return;
-  setToken(token);
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
-}
-
 function setToken(token) {
   page.token = token;
-  storageSet(sessionStorage, TOKEN_KEY, token);
+  signIn.token = token;
 }
 
 function signOut(reasonKey) {
   setToken(null);
-  const refresh = storageGet(sessionStorage, REFRESH_KEY);
-  storageSet(sessionStorage, REFRESH_KEY, null);
-  if (refresh) logout(refresh).catch(() => {});
+  signIn.end();
   page.profile = null;
   page.moving = null;
   // What one patient typed or saw stays off the screen of whoever signs in next.
@@ -705,9 +694,9 @@ async function onLogin(event) {
       el.loginError.hidden = false;
       return;
     }
-    setToken(answer.access_token);
-    storageSet(sessionStorage, REFRESH_KEY, answer.refresh_token ?? null);
-    el.loginPassword.value = "";
+    signIn.signedIn(answer);
+    page.token = signIn.token;
+        el.loginPassword.value = "";
     el.loginCode.value = "";
     show(el.loginCodeField, false);
     await openAccount();
@@ -1506,7 +1495,8 @@ function start() {
   el.erasureYes.addEventListener("click", fileErasure);
   el.delegateForm.addEventListener("submit", grantDelegation);
   el.delegateExpires.min = today();
-  takeTokenFromFragment();
+  signIn.takeFromFragment();
+  page.token = signIn.token;
   if (page.token) openAccount();
   else showView("login");
 }

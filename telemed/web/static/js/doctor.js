@@ -8,7 +8,6 @@ import {
   clearProblem,
   listAppointments,
   login,
-  logout,
   problemCodeOf,
   showProblem,
   startConsultation,
@@ -34,14 +33,14 @@ import {
   toast,
   toastCode,
 } from "./ui.js";
+import { PageSession } from "./session.js";
 import { RecordingControl } from "./recording.js";
 import { openClinical } from "./clinical.js";
 import { onTokenRenewed } from "./stepup.js";
 import { SecurityPanel } from "./security.js";
 
-const TOKEN_KEY = "telemed.doctor.token";
-/** The refresh token of the sign-in, revoked when the doctor signs out. */
-const REFRESH_KEY = "telemed.doctor.refresh";
+/** The sign-in of this page (its tokens in sessionStorage). */
+const signIn = new PageSession("doctor");
 /** The consultation in progress, so that a reload of the console goes straight back to it. */
 const ACTIVE_KEY = "telemed.doctor.active";
 const RESUMABLE = new Set(["waiting", "in_progress"]);
@@ -112,30 +111,16 @@ function showView(name) {
 
 // Token ------------------------------------------------------------------------------
 
-/** Take `#token=…` from the address (then drop it from the address bar and history). */
-function takeTokenFromFragment() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const token = params.get("token");
-  if (!token) return;
-  storageSet(sessionStorage, TOKEN_KEY, token);
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
-}
-
 function setToken(token) {
   page.token = token;
-  storageSet(sessionStorage, TOKEN_KEY, token);
+  signIn.token = token;
 }
 
 /** Forget the token and go back to the sign-in form, optionally saying why. */
 function signOut(reasonKey) {
   closeCall();
   setToken(null);
-  const refresh = storageGet(sessionStorage, REFRESH_KEY);
-  storageSet(sessionStorage, REFRESH_KEY, null);
-  // Best effort: the server revokes it; a failure here must not keep anyone signed in.
-  if (refresh) logout(refresh).catch(() => {});
+  signIn.end();
   storageSet(sessionStorage, ACTIVE_KEY, null);
   show(el.loginCodeField, false);
   el.loginCode.value = "";
@@ -169,9 +154,9 @@ async function onLoginSubmit(event) {
   setText(el.loginSubmit, "login.busy");
   try {
     const answer = await login(username, password, asksCode ? code : undefined);
-    setToken(String(answer.access_token));
-    storageSet(sessionStorage, REFRESH_KEY, answer.refresh_token ? String(answer.refresh_token) : null);
-    el.loginPassword.value = "";
+    signIn.signedIn(answer);
+    page.token = signIn.token;
+        el.loginPassword.value = "";
     el.loginCode.value = "";
     show(el.loginCodeField, false);
     await loadAppointments();
@@ -522,8 +507,8 @@ function init() {
 
   // A step-up in the clinical panel yields a fresh token: keep it for the whole console.
   onTokenRenewed((token) => setToken(token));
-  takeTokenFromFragment();
-  page.token = storageGet(sessionStorage, TOKEN_KEY);
+  signIn.takeFromFragment();
+  page.token = signIn.token;
   if (page.token) loadAppointments();
   else signOut();
 }

@@ -9,12 +9,13 @@
  * shows the gap.
  */
 
-import { ApiError, apiRequest, clearProblem, login, logout, problemCodeOf, showProblem } from "./api.js";
+import { ApiError, apiRequest, clearProblem, login, problemCodeOf, showProblem } from "./api.js";
 import { getLanguage, getLocale, onLanguageChange } from "./i18n.js";
-import { byId, initLanguage, show, storageGet, storageSet } from "./ui.js";
+import { byId, initLanguage, show } from "./ui.js";
+import { PageSession } from "./session.js";
 
-const TOKEN_KEY = "telemed.review.token";
-const REFRESH_KEY = "telemed.review.refresh";
+/** The sign-in of this page (its tokens in sessionStorage). */
+const signIn = new PageSession("review");
 const PAGE_SIZE = 20;
 const TICK_MS = 100;
 // A following player this far off the clock is put back in place (seconds).
@@ -314,7 +315,7 @@ const el = {
 
 const page = {
   /** @type {string|null} */
-  token: storageGet(sessionStorage, TOKEN_KEY),
+  token: signIn.token,
   offset: 0,
   total: 0,
   /** @type {Record<string, any>|null} */
@@ -331,27 +332,15 @@ function showView(name) {
   show(el.logout, name !== "login");
 }
 
-function takeTokenFromFragment() {
-  const params = new URLSearchParams(location.hash.slice(1));
-  const token = params.get("token");
-  if (!token) return;
-  setToken(token);
-  params.delete("token");
-  const rest = params.toString();
-  history.replaceState(history.state, "", location.pathname + location.search + (rest ? `#${rest}` : ""));
-}
-
 function setToken(token) {
   page.token = token;
-  storageSet(sessionStorage, TOKEN_KEY, token);
+  signIn.token = token;
 }
 
 function signOut(reasonKey) {
   closeDetail();
   setToken(null);
-  const refresh = storageGet(sessionStorage, REFRESH_KEY);
-  storageSet(sessionStorage, REFRESH_KEY, null);
-  if (refresh) logout(refresh).catch(() => {});
+  signIn.end();
   el.results.replaceChildren();
   clearProblem(el.loginError);
   if (reasonKey) {
@@ -390,9 +379,9 @@ async function onLogin(event) {
   setRt(el.loginSubmit, "review.signingIn");
   try {
     const answer = await login(username, password, asksCode ? code : undefined);
-    setToken(String(answer.access_token));
-    storageSet(sessionStorage, REFRESH_KEY, answer.refresh_token ? String(answer.refresh_token) : null);
-    el.loginPassword.value = "";
+    signIn.signedIn(answer);
+    page.token = signIn.token;
+        el.loginPassword.value = "";
     el.loginCode.value = "";
     await runSearch(0);
   } catch (error) {
@@ -932,7 +921,8 @@ function start() {
   });
   el.integrityVerify.addEventListener("click", verifyIntegrity);
   el.logout.addEventListener("click", () => signOut());
-  takeTokenFromFragment();
+  signIn.takeFromFragment();
+  page.token = signIn.token;
   if (page.token) runSearch(0);
   else showView("login");
 }
