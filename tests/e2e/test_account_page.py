@@ -13,6 +13,7 @@ from playwright.async_api import Browser, Page, expect
 
 from telemed.booking import ScheduleSlot
 from telemed.consultations.models import Consultation
+from telemed.demo import DemoConsultation
 from tests.calls import PRESCRIPTION, recording_call, request, until
 from tests.conftest import RunningApp
 from tests.e2e.conftest import new_page
@@ -34,6 +35,16 @@ async def consent_then_account(page: Page) -> None:
     await expect(page.get_by_test_id("account-consent")).to_be_visible()
     await page.get_by_test_id("account-consent-accept").click()
     await expect(page.get_by_test_id("account-name")).to_have_text("Пётр Петрович Смирнов")
+
+
+async def demo_patients_account(app: RunningApp, browser: Browser) -> tuple[DemoConsultation, Page]:
+    """A fresh demo consultation, and its patient's account page opened by the demo's
+    link with the consent to processing accepted."""
+    demo = await app.demo()
+    page = await new_page(browser)
+    await page.goto(demo.patient_account_url)
+    await consent_then_account(page)
+    return demo, page
 
 
 async def test_a_patient_signs_in_books_a_slot_sees_it_and_cancels_it(
@@ -130,10 +141,7 @@ async def test_the_demo_link_opens_the_account_signed_in(app: RunningApp, browse
 async def test_a_booking_moves_to_another_time_from_the_page(
     app: RunningApp, browser: Browser
 ) -> None:
-    demo = await app.demo()
-    page = await new_page(browser)
-    await page.goto(demo.patient_account_url)
-    await consent_then_account(page)
+    _, page = await demo_patients_account(app, browser)
     slots = page.get_by_test_id("account-book-slot")
     first = await slots.nth(0).get_attribute("data-slot-id")
     second = await slots.nth(1).get_attribute("data-slot-id")

@@ -15,6 +15,7 @@ import { ApiError, apiRequest, clearProblem, login, logout, problemCodeOf, showP
 import { getLanguage, getLocale, onLanguageChange } from "./i18n.js";
 import { byId, initLanguage, show } from "./ui.js";
 import { PageSession } from "./session.js";
+import { NotificationBell } from "./notifications.js";
 
 /** The sign-in of this page (its tokens in sessionStorage). */
 const signIn = new PageSession("account");
@@ -560,6 +561,9 @@ const page = {
   busy: false,
 };
 
+/** The unread notifications and their live stream, while someone is signed in. */
+const bell = new NotificationBell(() => page.token);
+
 /** @param {"login"|"consent"|"account"} name */
 function showView(name) {
   show(el.loginView, name === "login");
@@ -576,6 +580,7 @@ function setToken(token) {
 }
 
 function signOut(reasonKey) {
+  bell.stop();
   setToken(null);
   signIn.end();
   page.profile = null;
@@ -768,6 +773,7 @@ async function openAccount() {
   el.name.textContent = page.profile.display_name;
   setAt(el.clinic, "account.clinic", { name: page.profile.clinic_name });
   showView("account");
+  bell.start();
   await Promise.all([
     loadBookings(),
     loadSlots(),

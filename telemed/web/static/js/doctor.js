@@ -34,6 +34,7 @@ import {
   toastCode,
 } from "./ui.js";
 import { PageSession } from "./session.js";
+import { NotificationBell } from "./notifications.js";
 import { RecordingControl } from "./recording.js";
 import { openClinical } from "./clinical.js";
 import { onTokenRenewed } from "./stepup.js";
@@ -96,6 +97,9 @@ const page = {
   starting: false,
 };
 
+/** The unread notifications and their live stream, while someone is signed in. */
+const bell = new NotificationBell(() => page.token);
+
 // Views ------------------------------------------------------------------------------
 
 /** @param {"login"|"list"|"call"|"security"} name */
@@ -118,6 +122,7 @@ function setToken(token) {
 
 /** Forget the token and go back to the sign-in form, optionally saying why. */
 function signOut(reasonKey) {
+  bell.stop();
   closeCall();
   setToken(null);
   signIn.end();
@@ -186,6 +191,7 @@ async function onLoginSubmit(event) {
 
 async function loadAppointments() {
   showView("list");
+  bell.start();
   el.listDate.textContent = formatDate(new Date());
   clearProblem(el.listError);
   show(el.listLoading, page.appointments.length === 0);
