@@ -13,7 +13,7 @@
 
 import { ApiError, apiRequest, clearProblem, login, logout, problemCodeOf, showProblem } from "./api.js";
 import { getLanguage, getLocale, onLanguageChange } from "./i18n.js";
-import { byId, initLanguage, show } from "./ui.js";
+import { byId, initLanguage, show, signInElements } from "./ui.js";
 import { PageSession } from "./session.js";
 import { NotificationBell } from "./notifications.js";
 
@@ -474,14 +474,7 @@ function toast(text, kind = "info") {
 
 const el = {
   logout: byId("logout"),
-  loginView: byId("login-view"),
-  loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
-  loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
-  loginPassword: /** @type {HTMLInputElement} */ (byId("login-password")),
-  loginCodeField: byId("login-code-field"),
-  loginCode: /** @type {HTMLInputElement} */ (byId("login-code")),
-  loginError: byId("login-error"),
-  loginSubmit: /** @type {HTMLButtonElement} */ (byId("login-submit")),
+  ...signInElements(),
   consentView: byId("consent-view"),
   consentText: byId("consent-text"),
   consentError: byId("consent-error"),
@@ -533,7 +526,10 @@ const el = {
 
 const page = {
   /** @type {string|null} */
-  token: signIn.token,
+  /** The access token: the sign-in's own, kept in sessionStorage. */
+  get token() {
+    return signIn.token;
+  },
   /** @type {{patient_id: string, user_id: string, display_name: string, clinic_name: string}|null} */
   profile: null,
   /** @type {Array<Record<string, any>>} */
@@ -574,14 +570,8 @@ function showView(name) {
 
 // Token ----------------------------------------------------------------------------------
 
-function setToken(token) {
-  page.token = token;
-  signIn.token = token;
-}
-
 function signOut(reasonKey) {
   bell.stop();
-  setToken(null);
   signIn.end();
   page.profile = null;
   page.moving = null;
@@ -700,8 +690,7 @@ async function onLogin(event) {
       return;
     }
     signIn.signedIn(answer);
-    page.token = signIn.token;
-        el.loginPassword.value = "";
+    el.loginPassword.value = "";
     el.loginCode.value = "";
     show(el.loginCodeField, false);
     await openAccount();
@@ -1502,7 +1491,6 @@ function start() {
   el.delegateForm.addEventListener("submit", grantDelegation);
   el.delegateExpires.min = today();
   signIn.takeFromFragment();
-  page.token = signIn.token;
   if (page.token) openAccount();
   else showView("login");
 }

@@ -28,6 +28,7 @@ import {
   initLanguage,
   renderCallState,
   show,
+  signInElements,
   storageGet,
   storageSet,
   toast,
@@ -53,14 +54,7 @@ const el = {
   securityOpen: byId("security-open"),
   securityView: byId("security-view"),
   securityClose: byId("security-close"),
-  loginView: byId("login-view"),
-  loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
-  loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
-  loginPassword: /** @type {HTMLInputElement} */ (byId("login-password")),
-  loginCodeField: byId("login-code-field"),
-  loginCode: /** @type {HTMLInputElement} */ (byId("login-code")),
-  loginError: byId("login-error"),
-  loginSubmit: /** @type {HTMLButtonElement} */ (byId("login-submit")),
+  ...signInElements(),
   listView: byId("list-view"),
   listDate: byId("list-date"),
   listError: byId("list-error"),
@@ -86,8 +80,10 @@ const recording = new RecordingControl();
 
 /** Everything about the page's current situation. */
 const page = {
-  /** @type {string|null} */
-  token: null,
+  /** The access token: the sign-in's own, kept in sessionStorage. */
+  get token() {
+    return signIn.token;
+  },
   /** @type {Array<Record<string, string>>} */
   appointments: [],
   /** @type {CallSession|null} */
@@ -115,16 +111,10 @@ function showView(name) {
 
 // Token ------------------------------------------------------------------------------
 
-function setToken(token) {
-  page.token = token;
-  signIn.token = token;
-}
-
 /** Forget the token and go back to the sign-in form, optionally saying why. */
 function signOut(reasonKey) {
   bell.stop();
   closeCall();
-  setToken(null);
   signIn.end();
   storageSet(sessionStorage, ACTIVE_KEY, null);
   show(el.loginCodeField, false);
@@ -160,8 +150,7 @@ async function onLoginSubmit(event) {
   try {
     const answer = await login(username, password, asksCode ? code : undefined);
     signIn.signedIn(answer);
-    page.token = signIn.token;
-        el.loginPassword.value = "";
+    el.loginPassword.value = "";
     el.loginCode.value = "";
     show(el.loginCodeField, false);
     await loadAppointments();
@@ -512,9 +501,10 @@ function init() {
   });
 
   // A step-up in the clinical panel yields a fresh token: keep it for the whole console.
-  onTokenRenewed((token) => setToken(token));
+  onTokenRenewed((token) => {
+    signIn.token = token;
+  });
   signIn.takeFromFragment();
-  page.token = signIn.token;
   if (page.token) loadAppointments();
   else signOut();
 }

@@ -11,7 +11,7 @@
 
 import { ApiError, apiRequest, clearProblem, login, problemCodeOf, showProblem } from "./api.js";
 import { getLanguage, getLocale, onLanguageChange } from "./i18n.js";
-import { byId, initLanguage, show } from "./ui.js";
+import { byId, initLanguage, show, signInElements } from "./ui.js";
 import { PageSession } from "./session.js";
 
 /** The sign-in of this page (its tokens in sessionStorage). */
@@ -275,14 +275,7 @@ function element(tag, className, text) {
 
 const el = {
   logout: byId("logout"),
-  loginView: byId("login-view"),
-  loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
-  loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
-  loginPassword: /** @type {HTMLInputElement} */ (byId("login-password")),
-  loginCodeField: byId("login-code-field"),
-  loginCode: /** @type {HTMLInputElement} */ (byId("login-code")),
-  loginError: byId("login-error"),
-  loginSubmit: /** @type {HTMLButtonElement} */ (byId("login-submit")),
+  ...signInElements(),
   searchView: byId("search-view"),
   searchForm: /** @type {HTMLFormElement} */ (byId("search-form")),
   doctor: /** @type {HTMLSelectElement} */ (byId("filter-doctor")),
@@ -315,7 +308,10 @@ const el = {
 
 const page = {
   /** @type {string|null} */
-  token: signIn.token,
+  /** The access token: the sign-in's own, kept in sessionStorage. */
+  get token() {
+    return signIn.token;
+  },
   offset: 0,
   total: 0,
   /** @type {Record<string, any>|null} */
@@ -332,14 +328,8 @@ function showView(name) {
   show(el.logout, name !== "login");
 }
 
-function setToken(token) {
-  page.token = token;
-  signIn.token = token;
-}
-
 function signOut(reasonKey) {
   closeDetail();
-  setToken(null);
   signIn.end();
   el.results.replaceChildren();
   clearProblem(el.loginError);
@@ -380,8 +370,7 @@ async function onLogin(event) {
   try {
     const answer = await login(username, password, asksCode ? code : undefined);
     signIn.signedIn(answer);
-    page.token = signIn.token;
-        el.loginPassword.value = "";
+    el.loginPassword.value = "";
     el.loginCode.value = "";
     await runSearch(0);
   } catch (error) {
@@ -922,7 +911,6 @@ function start() {
   el.integrityVerify.addEventListener("click", verifyIntegrity);
   el.logout.addEventListener("click", () => signOut());
   signIn.takeFromFragment();
-  page.token = signIn.token;
   if (page.token) runSearch(0);
   else showView("login");
 }

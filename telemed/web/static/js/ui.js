@@ -28,6 +28,20 @@ export function byId(id) {
   return el;
 }
 
+/** The sign-in form every signed-in page has (password, then a TOTP code when asked). */
+export function signInElements() {
+  return {
+    loginView: byId("login-view"),
+    loginForm: /** @type {HTMLFormElement} */ (byId("login-form")),
+    loginUsername: /** @type {HTMLInputElement} */ (byId("login-username")),
+    loginPassword: /** @type {HTMLInputElement} */ (byId("login-password")),
+    loginCodeField: byId("login-code-field"),
+    loginCode: /** @type {HTMLInputElement} */ (byId("login-code")),
+    loginError: byId("login-error"),
+    loginSubmit: /** @type {HTMLButtonElement} */ (byId("login-submit")),
+  };
+}
+
 /**
  * The elements every call page has: the state badge, the stage with both videos, its
  * overlay and end panels, and the hang-up button.
