@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -145,6 +145,16 @@ def _clip(value: str | None, limit: int) -> str | None:
     return value[:limit] if value else None
 
 
+class Actor(Protocol):
+    """Who did something: a user's verified access claims have these."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class AuditEvent:
     """One thing that happened, as the caller reports it. ``actor`` is a user id or a
@@ -174,6 +184,28 @@ class AuditEvent:
             raise ValueError("resource_type is at most 64 characters")
         if self.patient_id is not None and len(self.patient_id) > 64:
             raise ValueError("patient_id is at most 64 characters")
+
+    @classmethod
+    def by(
+        cls,
+        who: Actor,
+        action: Action,
+        outcome: Outcome = Outcome.OK,
+        *,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        patient_id: str | None = None,
+    ) -> AuditEvent:
+        """What a signed-in user (verified access claims) did."""
+        return cls(
+            actor=who.user_id,
+            role=who.role[:32],
+            action=action,
+            outcome=outcome,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            patient_id=patient_id,
+        )
 
 
 @dataclass(frozen=True)

@@ -133,11 +133,9 @@ class PatientAccountService:
                 )
             ).all()
         self._audit.record_later(
-            AuditEvent(
-                actor=claims.user_id,
-                role=claims.role,
-                action=Action.SEARCH,
-                outcome=Outcome.OK,
+            AuditEvent.by(
+                claims,
+                Action.SEARCH,
                 resource_type="consultation",
                 resource_id=",".join(row[0].id for row in rows) or None,
                 patient_id=patient_id,
@@ -183,11 +181,10 @@ class PatientAccountService:
                     )
                     document = ProtocolDocument(consultation.id, name, key, PROTOCOL_FILES[name])
         await self._audit.record(
-            AuditEvent(
-                actor=claims.user_id,
-                role=claims.role,
-                action=Action.READ,
-                outcome=Outcome.OK if document else Outcome.DENIED,
+            AuditEvent.by(
+                claims,
+                Action.READ,
+                Outcome.OK if document else Outcome.DENIED,
                 resource_type="protocol",
                 resource_id=f"{consultation_id[:64]}/{name[:32]}",
                 patient_id=owner,

@@ -604,11 +604,10 @@ class BookingService:
 
 
 def _event(claims: AccessClaims, entry: _Entry, outcome: Outcome) -> AuditEvent:
-    return AuditEvent(
-        actor=claims.user_id,
-        role=claims.role,
-        action=entry.action,
-        outcome=outcome,
+    return AuditEvent.by(
+        claims,
+        entry.action,
+        outcome,
         resource_type=entry.resource_type,
         resource_id=entry.resource_id,
         patient_id=entry.patient_id,

@@ -239,11 +239,10 @@ class DelegationService:
         outcome: Outcome = Outcome.OK,
     ) -> None:
         await self._audit.record(
-            AuditEvent(
-                actor=claims.user_id,
-                role=claims.role[:32],
-                action=action,
-                outcome=outcome,
+            AuditEvent.by(
+                claims,
+                action,
+                outcome,
                 resource_type="Delegation",
                 resource_id=delegation_id,
                 patient_id=patient_id,

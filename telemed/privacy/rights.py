@@ -368,11 +368,10 @@ class RightsService:
         outcome: Outcome = Outcome.OK,
     ) -> None:
         await self._audit.record(
-            AuditEvent(
-                actor=claims.user_id,
-                role=claims.role[:32],
-                action=action,
-                outcome=outcome,
+            AuditEvent.by(
+                claims,
+                action,
+                outcome,
                 resource_type="RightsRequest",
                 resource_id=request_id,
                 patient_id=patient_id,

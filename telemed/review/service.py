@@ -427,11 +427,9 @@ class ReviewService:
         grant = self._media.verify(token, segment_id)
         if grant.token_id not in self._audited_tokens:
             await self._audit.record(
-                AuditEvent(
-                    actor=grant.user_id,
-                    role=grant.role[:32],
-                    action=Action.READ,
-                    outcome=Outcome.OK,
+                AuditEvent.by(
+                    grant,
+                    Action.READ,
                     resource_type="recording",
                     resource_id=grant.segment_id,
                     patient_id=grant.patient_id,
@@ -494,11 +492,10 @@ class ReviewService:
         )
         if found is None or found[1].clinic_id != claims.clinic_id or restricted:
             await self._audit.record(
-                AuditEvent(
-                    actor=claims.user_id,
-                    role=claims.role[:32],
-                    action=Action.READ,
-                    outcome=Outcome.DENIED,
+                AuditEvent.by(
+                    claims,
+                    Action.READ,
+                    Outcome.DENIED,
                     resource_type="consultation",
                     resource_id=consultation_id,
                     # A restricted card's patient sees the refused attempt too.
@@ -544,11 +541,9 @@ class ReviewService:
         resource_id: str,
         patient_id: str | None,
     ) -> AuditEvent:
-        return AuditEvent(
-            actor=claims.user_id,
-            role=claims.role[:32],
-            action=action,
-            outcome=Outcome.OK,
+        return AuditEvent.by(
+            claims,
+            action,
             resource_type=resource_type,
             resource_id=resource_id,
             patient_id=patient_id,

@@ -22,7 +22,7 @@ from telemed.privacy.consent import CONSENT_PATH, CONSENT_ROUTES
 from telemed.problems import Forbidden, Problem, Unauthorized
 from telemed.services import SERVICES
 from telemed.web.audit import fhir_error, patient_of_consultation
-from telemed.web.middleware import Handler
+from telemed.web.middleware import Handler, bearer_token
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ def route_canonical(request: web.Request) -> str | None:
     route = request.match_info.route
     resource = route.resource
     return resource.canonical if resource is not None else None
-
-
-def bearer_token(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _refusal(request: web.Request, problem: Problem) -> web.StreamResponse:

@@ -23,9 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from telemed.audit import Action, AuditEvent, Outcome
 from telemed.identity.accounts import LoginResult
-from telemed.identity.tokens import AccessClaims, TokenError
 from telemed.problems import Problem
-from telemed.web.audit import outcome_of
+from telemed.web.audit import access_claims_of, outcome_of
 from telemed.web.middleware import Handler
 from telemed.web.routes import NO_STORE, _claims, _json_body, _services
 
@@ -90,17 +89,6 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=NO_STORE)
 
 
-def _account_of(request: web.Request) -> AccessClaims | None:
-    """Whose account a request is about, as far as its bearer token tells."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        return None
-    try:
-        return _services(request).tokens.verify_access(token.strip())
-    except TokenError:
-        return None
-
-
 def audited(action: Action) -> Callable[[Handler], Handler]:
     """One audit entry per call of an account handler: the account (when a token names
     it, else anonymous — a refresh or logout carries only the refresh token), the action,
@@ -117,7 +105,7 @@ def audited(action: Action) -> Callable[[Handler], Handler]:
                 status = problem.status
                 raise
             finally:
-                claims = _account_of(request)
+                claims = access_claims_of(_services(request), request)
                 await _services(request).audit.record(
                     AuditEvent(
                         actor=claims.user_id if claims else "anonymous",

@@ -51,11 +51,10 @@ async def _audit(
     patient_id: str | None = None,
 ) -> None:
     await services.audit.record(
-        AuditEvent(
-            actor=claims.user_id,
-            role=claims.role,
-            action=action,
-            outcome=outcome,
+        AuditEvent.by(
+            claims,
+            action,
+            outcome,
             resource_type=resource_type,
             resource_id=resource_id,
             patient_id=patient_id,

@@ -28,6 +28,7 @@ from telemed.consultations.models import Appointment, Consultation
 from telemed.identity.tokens import AccessClaims, TokenError
 from telemed.problems import Problem
 from telemed.services import SERVICES, Services
+from telemed.web.middleware import bearer_token
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -54,14 +55,9 @@ def outcome_of(status: int) -> Outcome:
     return Outcome.ERROR
 
 
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
-
-
-def _access_claims(services: Services, request: web.Request) -> AccessClaims | None:
+def access_claims_of(services: Services, request: web.Request) -> AccessClaims | None:
     try:
-        return services.tokens.verify_access(_bearer(request) or "")
+        return services.tokens.verify_access(bearer_token(request) or "")
     except TokenError:
         return None
 
@@ -143,7 +139,7 @@ def audited_clinical(handler: Handler) -> Handler:
         consultation_id = request.match_info["consultation_id"]
 
         async def record(outcome: Outcome) -> None:
-            claims = _access_claims(services, request)
+            claims = access_claims_of(services, request)
             segment = request.path.split(f"/{consultation_id}/", 1)[-1].split("/", 1)[0]
             item_id = request.match_info.get("item_id")
             action = _clinical_action(request)
@@ -207,7 +203,7 @@ def audited_whip(handler: Handler) -> Handler:
 
         async def record(outcome: Outcome) -> None:
             try:
-                ticket = services.tokens.verify_ticket(_bearer(request))
+                ticket = services.tokens.verify_ticket(bearer_token(request))
                 actor, role = ticket.participant_id, ticket.role
             except TokenError:
                 actor, role = ANONYMOUS, ANONYMOUS
@@ -254,7 +250,7 @@ async def audit_events(request: web.Request) -> web.Response:
     page (default 50, at most 200), the next page by ``_after=<last id>``. Only the patient
     themselves may ask; anyone else gets 403. Asking is audited too."""
     services = request.app[SERVICES]
-    claims = _access_claims(services, request)
+    claims = access_claims_of(services, request)
     if claims is None:
         return fhir_error(FhirUnauthorized("send Authorization: Bearer <access token>"))
     patient_id = request.query.get("patient", "").removeprefix("Patient/")
@@ -265,11 +261,10 @@ async def audit_events(request: web.Request) -> web.Response:
         return fhir_error(InvalidRequest("_count and _after are whole numbers"))
     allowed = claims.role == "patient" and bool(patient_id) and patient_id == claims.patient_id
     await services.audit.record(
-        AuditEvent(
-            actor=claims.user_id,
-            role=claims.role,
-            action=Action.SEARCH,
-            outcome=Outcome.OK if allowed else Outcome.DENIED,
+        AuditEvent.by(
+            claims,
+            Action.SEARCH,
+            Outcome.OK if allowed else Outcome.DENIED,
             resource_type="AuditEvent",
             patient_id=patient_id[:64] or None,
         )

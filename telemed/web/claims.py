@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta
 
 from aiohttp import web
 
-from telemed.audit import Action, AuditEvent, Outcome
+from telemed.audit import Action, AuditEvent
 from telemed.consultations.claims import ClaimsService
 from telemed.problems import BadRequest
 from telemed.services import SERVICES
@@ -58,11 +58,9 @@ async def claims(request: web.Request) -> web.Response:
     audit = request.app[SERVICES].audit
     for line in lines:
         await audit.record(
-            AuditEvent(
-                actor=who.user_id,
-                role=who.role,
-                action=Action.READ,
-                outcome=Outcome.OK,
+            AuditEvent.by(
+                who,
+                Action.READ,
                 resource_type="claim",
                 resource_id=line.consultation_id,
                 patient_id=line.patient_id,

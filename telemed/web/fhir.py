@@ -19,6 +19,7 @@ from emr_bridge.access import Accessor
 from emr_bridge.outcomes import FhirError, Forbidden, Unauthorized
 from emr_bridge.router import FhirRequest, FhirResponse, FhirRouter, error_response
 from telemed.identity.tokens import AccessClaims, TokenError, TokenService
+from telemed.web.middleware import bearer_token
 
 FHIR_PREFIX = "/fhir"
 
@@ -131,14 +132,13 @@ class FhirEndpoint:
         return self._respond(response, challenge=response.status == 401)
 
     async def _accessor(self, request: web.Request) -> Accessor | None:
-        header = request.headers.get("Authorization")
-        if header is None:
+        if "Authorization" not in request.headers:
             return None  # the router answers 401 for anything but metadata
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(request)
+        if token is None:
             raise Unauthorized("send Authorization: Bearer <access token>")
         try:
-            claims = self._tokens.verify_access(token.strip())
+            claims = self._tokens.verify_access(token)
         except TokenError as exc:
             raise Unauthorized(exc.message) from None
         accessor = await self._resolve(claims, request.remote)

@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def bearer_token(request: web.Request) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None for anything else."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def forwarded_client(trusted_proxies: Sequence[str]) -> Middleware:
     """Behind trusted proxies, the client is the right-most address of
     ``X-Forwarded-For`` that is not a trusted proxy; ``request.remote`` is rewritten so

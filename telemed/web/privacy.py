@@ -41,7 +41,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from telemed.audit import Action, AuditEvent, Outcome, current_request
+from telemed.audit import Action, AuditEvent, current_request
 from telemed.privacy import PrivacyServices, RequestKind, RequestStatus
 from telemed.privacy.consent import CONSENT_PATH, TEXT_PATH
 from telemed.problems import BadRequest, NotFound
@@ -130,11 +130,9 @@ async def accept_consent(request: web.Request) -> web.Response:
         context.user_agent if context else request.headers.get("User-Agent"),
     )
     await request.app[SERVICES].audit.record(
-        AuditEvent(
-            actor=claims.user_id,
-            role=claims.role[:32],
-            action=Action.CREATE,
-            outcome=Outcome.OK,
+        AuditEvent.by(
+            claims,
+            Action.CREATE,
             resource_type="ProcessingConsent",
             resource_id=record.version,
             patient_id=claims.patient_id,
@@ -152,11 +150,9 @@ async def export(request: web.Request) -> web.Response:
     base = services.settings.effective_public_url.rstrip("/") + "/fhir"
     bundle = await _privacy(request).exports.export(claims, base, request.remote)
     await services.audit.record(
-        AuditEvent(
-            actor=claims.user_id,
-            role=claims.role[:32],
-            action=Action.EXPORT,
-            outcome=Outcome.OK,
+        AuditEvent.by(
+            claims,
+            Action.EXPORT,
             resource_type="Bundle",
             resource_id=bundle["identifier"]["value"][-36:],
             patient_id=claims.patient_id,

@@ -18,6 +18,7 @@ from telemed.problems import BadRequest, Forbidden, Problem, Unauthorized
 from telemed.services import SERVICES, Services
 from telemed.web.access import CLAIMS
 from telemed.web.audit import record_login
+from telemed.web.middleware import bearer_token
 from telemed.web.pages import render_page
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -62,12 +63,11 @@ def _claims(request: web.Request) -> AccessClaims:
     bearer token's."""
     if CLAIMS in request:
         return request[CLAIMS]
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = bearer_token(request)
+    if token is None:
         raise Unauthorized("send Authorization: Bearer <access token>", code="token-missing")
     try:
-        return _services(request).tokens.verify_access(token.strip())
+        return _services(request).tokens.verify_access(token)
     except TokenError as exc:
         raise Unauthorized(exc.message, code=exc.code.replace("_", "-")) from None
 

@@ -33,6 +33,7 @@ from telemed.problems import (
 )
 from telemed.services import SERVICES, Services
 from telemed.web.audit import audited_whip
+from telemed.web.middleware import bearer_token
 
 MAX_OFFER_BYTES = 64 * 1024
 ID_PATTERN = "[A-Za-z0-9-]{1,64}"
@@ -52,11 +53,6 @@ class ServiceUnavailable(Problem):
 
 def _services(request: web.Request) -> Services:
     return request.app[SERVICES]
-
-
-def _bearer(request: web.Request) -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _cors(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
@@ -83,7 +79,7 @@ async def publish(request: web.Request) -> web.StreamResponse:
         raise BadRequest("the offer is too large", code="payload-too-large", status=413)
     instance = request.headers.get("X-Telemed-Instance")
     grant = await services.recordings.authorize_publish(
-        _bearer(request), consultation_id, instance[:64] if instance else None
+        bearer_token(request), consultation_id, instance[:64] if instance else None
     )
     if services.recorder is None:
         raise Conflict("recording is turned off on this server", code="recording-off")
@@ -119,7 +115,7 @@ async def end_session(request: web.Request) -> web.StreamResponse:
     consultation_id = request.match_info["consultation_id"]
     resource_id = request.match_info["session_id"]
     try:
-        claims = services.tokens.verify_ticket(_bearer(request))
+        claims = services.tokens.verify_ticket(bearer_token(request))
     except TokenError as exc:
         raise Unauthorized(exc.message, code=exc.code.replace("_", "-")) from None
     owner = services.recorder.owner_of(resource_id) if services.recorder else None
