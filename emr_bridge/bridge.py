@@ -26,11 +26,11 @@ version, written through the card's API.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import Select, and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from emr_bridge.access import Accessor
@@ -245,26 +245,41 @@ async def _find_by_identifier(
     """(type, system, value) -> ids of the stored resources of that type carrying that
     identifier, for every entry at once (through the search index, as ``identifier=``
     searches do)."""
-    tokens = fhir_search_tokens
     wanted = {(e.resource_type, e.identifier_system, e.identifier_value) for e in entries}
-    # Exact (type, code, system) keys: each one is a probe of the tokens' lookup index
-    # (resource_type, param, code, system), whatever the size of the card.
-    rows = await connection.execute(
-        select(tokens.c.resource_type, tokens.c.system, tokens.c.code, tokens.c.resource_id)
-        .where(
-            tokens.c.param == "identifier",
-            tuple_(tokens.c.resource_type, tokens.c.code, tokens.c.system).in_(
-                sorted((kind, value, system) for kind, system, value in wanted)
-            ),
-        )
-        .order_by(tokens.c.resource_id)
-    )
     found: dict[tuple[str, str, str], list[str]] = {}
-    for row in rows:
+    for row in await connection.execute(identifier_lookup(wanted)):
         key = (row.resource_type, row.system, row.code)
         if key in wanted:
             found.setdefault(key, []).append(row.resource_id)
     return found
+
+
+def identifier_lookup(wanted: Iterable[tuple[str, str, str]]) -> Select[tuple[str, str, str, str]]:
+    """The index rows of the (type, system, value) identifiers ``wanted``: ``code IN
+    (...)`` per (type, system), each a probe of the tokens' lookup index (resource_type,
+    param, code, system, resource_id) whatever the size of the card (a row-value ``IN``
+    would be a full scan on SQLite)."""
+    tokens = fhir_search_tokens
+    codes: dict[tuple[str, str], list[str]] = {}
+    for kind, system, value in sorted(wanted):
+        codes.setdefault((kind, system), []).append(value)
+    return (
+        select(tokens.c.resource_type, tokens.c.system, tokens.c.code, tokens.c.resource_id)
+        .where(
+            or_(
+                *(
+                    and_(
+                        tokens.c.resource_type == kind,
+                        tokens.c.param == "identifier",
+                        tokens.c.system == system,
+                        tokens.c.code.in_(values),
+                    )
+                    for (kind, system), values in codes.items()
+                )
+            )
+        )
+        .order_by(tokens.c.resource_id)
+    )
 
 
 __all__ = ["BridgeResult", "BridgedResource", "CardBridge"]

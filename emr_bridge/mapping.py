@@ -37,7 +37,6 @@ server that assigns its own ids.
 from __future__ import annotations
 
 import html
-import json
 import re
 import uuid
 from collections.abc import Iterator, Mapping
@@ -48,7 +47,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 from emr_bridge.repository import TransactionEntry
-from emr_bridge.validation import ICD10_SYSTEM, is_icd10_code, is_valid_id, iter_references
+from emr_bridge.validation import (
+    ICD10_SYSTEM,
+    copy_json,
+    is_icd10_code,
+    is_valid_id,
+    iter_references,
+)
 
 SESSION_SYSTEM = "urn:telemed:session"
 CONSULTATION_SYSTEM = "urn:telemed:consultation"
@@ -390,7 +395,7 @@ class ConsultationCard:
         }
         bundle_entries = []
         for entry in self.entries():
-            resource: dict[str, Any] = json.loads(json.dumps(entry.resource))
+            resource = copy_json(entry.resource)
             resource.pop("id", None)
             for node in iter_references(resource):
                 target = local.get(node["reference"])

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import uuid
@@ -43,6 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from emr_bridge.jsontext import compact
 from emr_bridge.repository import Clock, utc_now
 from emr_bridge.tables import OUTBOX_DEAD, OUTBOX_DELIVERED, OUTBOX_PENDING, card_outbox
 
@@ -136,7 +136,7 @@ def _message(row: Any) -> OutboxMessage:
 def bundle_text(bundle: Mapping[str, Any]) -> str:
     """The Bundle as stored and sent: compact JSON, keys in a fixed order, so the same
     Bundle always has the same text (and the same dedupe key)."""
-    return json.dumps(bundle, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return compact(bundle, sort_keys=True)
 
 
 async def enqueue(

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -52,7 +52,6 @@ from sqlalchemy import (
     select,
     text,
     true,
-    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -61,6 +60,7 @@ from sqlalchemy.sql.elements import TextClause
 
 from emr_bridge.access import Accessor, AccessorKind, NoPractitionerWrites, PractitionerWritePolicy
 from emr_bridge.audit import AuditOutcome, CardAuditEvent, CardAuditSink, Interaction
+from emr_bridge.jsontext import compact
 from emr_bridge.outcomes import (
     BusinessRuleViolation,
     Conflict,
@@ -297,6 +297,22 @@ def advisory_key(resource_type: str, criteria: Sequence[tuple[str, str]]) -> int
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
+def resource_keys_clause(keys: Iterable[tuple[str, str]]) -> ColumnElement[bool]:
+    """``(resource_type, id) IN keys`` for ``fhir_resources``, as ``resource_type = ? AND
+    id IN (...)`` per type: SQLite runs a row-value ``IN`` as a full scan, while this is a
+    probe of the primary key per id on both databases (and stays a handful of terms
+    however many keys there are)."""
+    by_type: dict[str, list[str]] = {}
+    for resource_type, resource_id in keys:
+        by_type.setdefault(resource_type, []).append(resource_id)
+    return or_(
+        *(
+            and_(fhir_resources.c.resource_type == resource_type, fhir_resources.c.id.in_(ids))
+            for resource_type, ids in sorted(by_type.items())
+        )
+    )
+
+
 class CardWriter:
     """Writes on one open database transaction. Get one from :meth:`FhirRepository.begin`;
     ``connection`` is that transaction, for the caller's own rows (the bridge's outbox)."""
@@ -411,7 +427,7 @@ class CardWriter:
         await self.flush()
         rows = await self.connection.execute(
             select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
-                tuple_(fhir_resources.c.resource_type, fhir_resources.c.id).in_(list(keys)),
+                resource_keys_clause(keys),
                 visible_to(self.accessor),
             )
         )
@@ -579,7 +595,7 @@ class CardWriter:
             (row.resource_type, row.id)
             for row in await self.connection.execute(
                 select(fhir_resources.c.resource_type, fhir_resources.c.id).where(
-                    tuple_(fhir_resources.c.resource_type, fhir_resources.c.id).in_(wanted)
+                    resource_keys_clause(wanted)
                 )
             )
         }
@@ -679,7 +695,7 @@ class CardWriter:
             local = parse_local_reference(reference) if isinstance(reference, str) else None
             if local is not None and local.resource_type == "Organization":
                 organization_id = local.id
-        content = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        content = compact(data)
         return content, patient_id, organization_id, now
 
     async def _insert(

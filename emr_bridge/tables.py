@@ -115,7 +115,10 @@ fhir_search_tokens = Table(
     Column("system", String(TOKEN_LENGTH), nullable=False),
     Column("code", String(TOKEN_LENGTH), nullable=False),
     PrimaryKeyConstraint("resource_type", "resource_id", "param", "system", "code"),
-    Index("ix_fhir_search_tokens_lookup", "resource_type", "param", "code", "system"),
+    # Lookup indexes end with resource_id so they cover their queries (migration 0015).
+    Index(
+        "ix_fhir_search_tokens_lookup", "resource_type", "param", "code", "system", "resource_id"
+    ),
 )
 
 fhir_search_strings = Table(
@@ -127,7 +130,7 @@ fhir_search_strings = Table(
     # Lower-cased, accents removed: FHIR string search is case- and accent-insensitive.
     Column("value", String(TOKEN_LENGTH), nullable=False),
     PrimaryKeyConstraint("resource_type", "resource_id", "param", "value"),
-    Index("ix_fhir_search_strings_lookup", "resource_type", "param", "value"),
+    Index("ix_fhir_search_strings_lookup", "resource_type", "param", "value", "resource_id"),
 )
 
 fhir_search_references = Table(
@@ -139,7 +142,14 @@ fhir_search_references = Table(
     Column("target_type", String(TYPE_LENGTH), nullable=False),
     Column("target_id", String(ID_LENGTH), nullable=False),
     PrimaryKeyConstraint("resource_type", "resource_id", "param", "target_type", "target_id"),
-    Index("ix_fhir_search_references_lookup", "target_type", "target_id", "resource_type", "param"),
+    Index(
+        "ix_fhir_search_references_lookup",
+        "target_type",
+        "target_id",
+        "resource_type",
+        "param",
+        "resource_id",
+    ),
 )
 
 fhir_search_dates = Table(
@@ -152,7 +162,7 @@ fhir_search_dates = Table(
     Column("low", UTCDateTime(), nullable=False),
     Column("high", UTCDateTime(), nullable=False),
     PrimaryKeyConstraint("resource_type", "resource_id", "param", "low", "high"),
-    Index("ix_fhir_search_dates_lookup", "resource_type", "param", "low"),
+    Index("ix_fhir_search_dates_lookup", "resource_type", "param", "low", "high", "resource_id"),
 )
 
 INDEX_TABLES = (fhir_search_tokens, fhir_search_strings, fhir_search_references, fhir_search_dates)

@@ -24,7 +24,7 @@ import copy
 import importlib
 import re
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -289,6 +289,9 @@ def _reference_of(value: object) -> str | None:
     return None
 
 
+_JSON_SCALARS = frozenset({str, int, float, bool})
+
+
 def copy_json(data: Mapping[str, Any]) -> dict[str, Any]:
     """A deep copy of a JSON object (dicts, lists and immutable scalars), without the
     memo bookkeeping and per-node dispatch of :func:`copy.deepcopy` (which a JSON tree
@@ -297,13 +300,16 @@ def copy_json(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _copy_node(value: Any) -> Any:
+    # Scalars first: they are most of the nodes, and the ``Mapping`` check is an ABC's.
+    if value is None or type(value) in _JSON_SCALARS:
+        return value
     if isinstance(value, dict):
         return {key: _copy_node(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_copy_node(item) for item in value]
     if isinstance(value, Mapping):
         return {key: _copy_node(item) for key, item in value.items()}
-    if isinstance(value, str | int | float | bool | None):
+    if isinstance(value, str | int | float | bool):
         return value
     # Anything else is not JSON; let deepcopy keep whatever its semantics are.
     return copy.deepcopy(value)
@@ -351,31 +357,47 @@ def _card_issues(
             )
     if resource_type == "Condition":
         yield from _condition_status_issues(resource)
+    # Most resources are clean: check every object once without building paths, and
+    # walk again with paths only to say where something is wrong.
+    if not any(_object_issues(node, "", allow_placeholders) for node in _objects(resource)):
+        return
     for path, node in _walk(resource, resource_type):
-        if not isinstance(node, dict):
-            continue
-        reference = node.get("reference")
-        if isinstance(reference, str) and not _reference_ok(reference, allow_placeholders):
-            yield Issue(
+        if isinstance(node, dict):
+            yield from _object_issues(node, path, allow_placeholders)
+
+
+def _object_issues(node: dict[str, Any], path: str, allow_placeholders: bool) -> list[Issue]:
+    """What is wrong in this one JSON object (its children aside), ``path`` naming it."""
+    issues = []
+    reference = node.get("reference")
+    if isinstance(reference, str) and not _reference_ok(reference, allow_placeholders):
+        issues.append(
+            Issue(
                 "value",
                 f"{path}.reference: {reference!r} is not Type/id, #id or an absolute URL",
                 expression=(f"{path}.reference",),
             )
-        digest = node.get("hash")
-        if isinstance(digest, str) and not _is_sha1_base64(digest):
-            yield Issue(
+        )
+    digest = node.get("hash")
+    if isinstance(digest, str) and not _is_sha1_base64(digest):
+        issues.append(
+            Issue(
                 "value",
                 f"{path}.hash must be the base64 SHA-1 of the data (20 bytes)",
                 expression=(f"{path}.hash",),
             )
-        if node.get("system") == ICD10_SYSTEM:
-            code = node.get("code")
-            if not is_icd10_code(code):
-                yield Issue(
+        )
+    if node.get("system") == ICD10_SYSTEM:
+        code = node.get("code")
+        if not is_icd10_code(code):
+            issues.append(
+                Issue(
                     "code-invalid",
                     f"{path}.code: {code!r} is not an ICD-10 code",
                     expression=(f"{path}.code",),
                 )
+            )
+    return issues
 
 
 def _condition_status_issues(resource: dict[str, Any]) -> Iterator[Issue]:
@@ -440,21 +462,29 @@ def iter_references(resource: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
     """Every Reference (a JSON object with a string ``reference``) in ``resource``,
     contained resources included, in document order; the objects are the resource's own,
     so a caller may rewrite ``reference`` in place."""
+    return iter([node for node in _objects(resource) if isinstance(node.get("reference"), str)])
+
+
+def _objects(resource: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every JSON object in ``resource`` (itself included when it is a dict), in document
+    order. Every write walks each resource several times, so this is the cheap walk: an
+    explicit stack, no paths (see :func:`_walk` for those)."""
     found: list[dict[str, Any]] = []
     stack: list[object] = [resource]
+    pop, push, containers = stack.pop, stack.append, (dict, list)
     while stack:
-        current = stack.pop()
+        current = pop()
         if isinstance(current, dict):
-            if isinstance(current.get("reference"), str):
-                found.append(current)
-            children = [value for value in current.values() if isinstance(value, dict | list)]
+            found.append(current)
+            children: Iterable[object] = current.values()
         elif isinstance(current, list):
-            children = [item for item in current if isinstance(item, dict | list)]
+            children = current
         else:
             continue
-        children.reverse()
-        stack.extend(children)
-    return iter(found)
+        for child in reversed(tuple(children)):
+            if isinstance(child, containers):
+                push(child)
+    return found
 
 
 def is_placeholder(reference: str) -> bool:
