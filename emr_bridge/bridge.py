@@ -26,7 +26,9 @@ version, written through the card's API.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +49,8 @@ from emr_bridge.repository import (
 )
 from emr_bridge.tables import fhir_search_tokens
 from emr_bridge.validation import copy_json, iter_references
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,14 @@ class CardBridge:
     in the card's audit events. ``attempts`` bounds the retries of a write that lost a
     race (two consultations of a new patient creating its Patient at once: the loser gets
     409 from the store and runs again, and then finds the Patient).
+
+    Group commit: at most ``transactions`` writes are in flight; consultations that
+    arrive meanwhile are written together when one ends, up to ``batch_size`` (of
+    different sessions) in one transaction, so under load the statements and commits are
+    shared instead of the consultations queueing for them one by one. A lone
+    consultation is written at once, alone. A batch either commits whole or, on any
+    error, each of its consultations is written again on its own, so one consultation's
+    error is its caller's alone and never costs another consultation its write.
     """
 
     def __init__(
@@ -99,14 +111,19 @@ class CardBridge:
         subject: str = "card-bridge",
         attempts: int = 3,
         clock: Clock = utc_now,
+        batch_size: int = 16,
+        transactions: int = 2,
     ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be at least 1")
+        if attempts < 1 or batch_size < 1 or transactions < 1:
+            raise ValueError("attempts, batch_size and transactions must be at least 1")
         self._repository = repository
         self._deliver_upstream = deliver_upstream
         self._accessor = Accessor.system(subject)
         self._attempts = attempts
         self._clock = clock
+        self._batch_size = batch_size
+        self._slots = asyncio.Semaphore(transactions)
+        self._waiting: list[_Waiting] = []
 
     async def write(self, outcome: ConsultationOutcome) -> BridgeResult:
         """Write ``outcome`` into the card: everything or, on any exception, nothing.
@@ -116,51 +133,124 @@ class CardBridge:
         such as two resources carrying one business identifier).
         """
         card = map_consultation(outcome)
+        while True:
+            waiting = _Waiting(card, asyncio.get_running_loop().create_future())
+            self._waiting.append(waiting)
+            try:
+                async with self._slots:
+                    # Whoever holds a slot writes what is waiting, oldest first, until
+                    # this caller's consultation has been taken (by it or by another).
+                    while waiting in self._waiting:
+                        await self._write_batch(self._take_batch())
+            except BaseException:
+                if waiting in self._waiting:  # cancelled before anyone took it
+                    self._waiting.remove(waiting)
+                raise
+            try:
+                return await waiting.result
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The caller writing it was cancelled and its transaction rolled back:
+                # queue the consultation again.
+
+    def _take_batch(self) -> list[_Waiting]:
+        batch: list[_Waiting] = []
+        sessions: set[str] = set()
+        for waiting in self._waiting:
+            # One session once per batch: its second run must see the first one's rows.
+            if waiting.card.session_id not in sessions:
+                batch.append(waiting)
+                sessions.add(waiting.card.session_id)
+                if len(batch) == self._batch_size:
+                    break
+        taken = {id(waiting) for waiting in batch}
+        self._waiting = [waiting for waiting in self._waiting if id(waiting) not in taken]
+        return batch
+
+    async def _write_batch(self, batch: list[_Waiting]) -> None:
+        try:
+            if len(batch) > 1:
+                try:
+                    results = await self._write([waiting.card for waiting in batch])
+                except Exception as error:
+                    # Each is written again alone: the error belongs to one of them.
+                    _log.debug("a batch of %d consultations failed (%r)", len(batch), error)
+                else:
+                    for waiting, result in zip(batch, results, strict=True):
+                        _settle(waiting, result)
+                    return
+            for waiting in batch:
+                try:
+                    _settle(waiting, await self._write_alone(waiting.card))
+                except Exception as error:
+                    _settle(waiting, error)
+        except BaseException:
+            for waiting in batch:  # the writer was cancelled; the others queue again
+                if not waiting.result.done():
+                    waiting.result.cancel()
+            raise
+
+    async def _write_alone(self, card: ConsultationCard) -> BridgeResult:
         for attempt in range(1, self._attempts + 1):
             try:
-                return await self._write(card)
+                return (await self._write([card]))[0]
             except Conflict:
                 if attempt == self._attempts:
                     raise
         raise AssertionError("unreachable: the loop returns or raises")
 
-    async def _write(self, card: ConsultationCard) -> BridgeResult:
+    async def _write(self, cards: Sequence[ConsultationCard]) -> list[BridgeResult]:
+        """``cards`` (of different sessions) in one transaction."""
+        clinical_entries = [entry for card in cards for entry in card.clinical]
         async with self._repository.begin(self._accessor) as writer:
             await writer.flush()
             if writer.connection.dialect.name == "postgresql":
-                await _lock_criteria(writer.connection, card.clinical)
-            identities = await self._ensure_identities(writer, card.identities)
-            clinical = await self._conditional_creates(writer, card.clinical)
-            message_id: int | None = None
-            message_created = False
-            if self._deliver_upstream:
-                message_id, message_created = await enqueue(
-                    writer.connection, card.session_id, card.upstream_bundle(), self._clock()
+                await _lock_criteria(writer.connection, clinical_entries)
+            identities = await self._ensure_identities(
+                writer, [entry for card in cards for entry in card.identities]
+            )
+            clinical = iter(await self._conditional_creates(writer, clinical_entries))
+            results = []
+            for card in cards:
+                message_id: int | None = None
+                message_created = False
+                if self._deliver_upstream:
+                    message_id, message_created = await enqueue(
+                        writer.connection, card.session_id, card.upstream_bundle(), self._clock()
+                    )
+                written = [next(clinical) for _ in card.clinical]
+                results.append(
+                    BridgeResult(
+                        card.session_id,
+                        written[0].reference,
+                        (*(next(identities) for _ in card.identities), *written),
+                        message_id,
+                        message_created,
+                    )
                 )
-        return BridgeResult(
-            card.session_id,
-            clinical[0].reference,
-            (*identities, *clinical),
-            message_id,
-            message_created,
-        )
+        return results
 
     async def _ensure_identities(
         self, writer: CardWriter, entries: Sequence[CardEntry]
-    ) -> list[BridgedResource]:
-        # One query finds which of the three exist; only the missing ones are written.
+    ) -> Iterator[BridgedResource]:
+        """One :class:`BridgedResource` per entry, in order; an identity several
+        consultations of a batch share is written once and reported created (when it
+        was) for the first of them only."""
+        # One query finds which exist; only the missing ones are written.
         keys = [(entry.resource_type, str(entry.resource["id"])) for entry in entries]
         found = await writer.existing(keys)
         bridged = []
-        for entry, (resource_type, resource_id) in zip(entries, keys, strict=True):
+        seen: set[tuple[str, str]] = set()
+        for entry, key in zip(entries, keys, strict=True):
             created = False
-            if (resource_type, resource_id) not in found:
-                result = await writer.update(resource_type, resource_id, entry.resource)
+            if key not in found and key not in seen:
+                result = await writer.update(key[0], key[1], entry.resource)
                 created = result.created
-            bridged.append(
-                BridgedResource(f"{resource_type}/{resource_id}", _identifier(entry), created)
-            )
-        return bridged
+            seen.add(key)
+            bridged.append(BridgedResource(f"{key[0]}/{key[1]}", _identifier(entry), created))
+        return iter(bridged)
 
     async def _conditional_creates(
         self, writer: CardWriter, entries: Sequence[CardEntry]
@@ -209,6 +299,23 @@ class CardBridge:
             )
             for entry in entries
         ]
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A consultation waiting for its transaction, and where its caller gets the result."""
+
+    card: ConsultationCard
+    result: asyncio.Future[BridgeResult]
+
+
+def _settle(waiting: _Waiting, outcome: BridgeResult | Exception) -> None:
+    if waiting.result.done():  # its caller was cancelled; the write stands
+        return
+    if isinstance(outcome, Exception):
+        waiting.result.set_exception(outcome)
+    else:
+        waiting.result.set_result(outcome)
 
 
 def _identifier(entry: CardEntry) -> str:
