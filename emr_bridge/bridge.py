@@ -241,15 +241,21 @@ class CardBridge:
         # One query finds which exist; only the missing ones are written.
         keys = [(entry.resource_type, str(entry.resource["id"])) for entry in entries]
         found = await writer.existing(keys)
-        bridged = []
-        seen: set[tuple[str, str]] = set()
+        first_entry: dict[tuple[str, str], CardEntry] = {}
         for entry, key in zip(entries, keys, strict=True):
-            created = False
-            if key not in found and key not in seen:
-                result = await writer.update(key[0], key[1], entry.resource)
-                created = result.created
-            seen.add(key)
-            bridged.append(BridgedResource(f"{key[0]}/{key[1]}", _identifier(entry), created))
+            first_entry.setdefault(key, entry)
+        created: set[tuple[str, str]] = set()
+        # Sorted: two transactions creating the same new identities (two batches with one
+        # new patient) insert them in the same order, so they wait, never deadlock.
+        for key in sorted(first_entry.keys() - found):
+            if (await writer.update(key[0], key[1], first_entry[key].resource)).created:
+                created.add(key)
+        bridged = []
+        for entry, key in zip(entries, keys, strict=True):
+            bridged.append(
+                BridgedResource(f"{key[0]}/{key[1]}", _identifier(entry), key in created)
+            )
+            created.discard(key)  # reported by the first consultation only
         return iter(bridged)
 
     async def _conditional_creates(
