@@ -124,36 +124,36 @@ class CardBridge:
         self._batch_size = batch_size
         self._slots = asyncio.Semaphore(transactions)
         self._waiting: list[_Waiting] = []
+        self._batches: set[asyncio.Task[None]] = set()  # in flight, kept from the GC
 
     async def write(self, outcome: ConsultationOutcome) -> BridgeResult:
         """Write ``outcome`` into the card: everything or, on any exception, nothing.
 
         Raises :class:`~emr_bridge.outcomes.FhirError` when the store refuses a resource
         (the mapping makes valid ones; a refusal means a bug or a conflicting resource,
-        such as two resources carrying one business identifier).
+        such as two resources carrying one business identifier). A caller cancelled
+        once its consultation is being written does not stop the write.
         """
-        card = map_consultation(outcome)
-        while True:
-            waiting = _Waiting(card, asyncio.get_running_loop().create_future())
-            self._waiting.append(waiting)
-            try:
-                async with self._slots:
-                    # Whoever holds a slot writes what is waiting, oldest first, until
-                    # this caller's consultation has been taken (by it or by another).
-                    while waiting in self._waiting:
-                        await self._write_batch(self._take_batch())
-            except BaseException:
-                if waiting in self._waiting:  # cancelled before anyone took it
-                    self._waiting.remove(waiting)
-                raise
-            try:
-                return await waiting.result
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                # The caller writing it was cancelled and its transaction rolled back:
-                # queue the consultation again.
+        waiting = _Waiting(map_consultation(outcome), asyncio.get_running_loop().create_future())
+        self._waiting.append(waiting)
+        try:
+            async with self._slots:
+                # Whoever holds a slot writes what is waiting, oldest first, until this
+                # caller's consultation has been taken (by it or by another). Shielded:
+                # the batch holds other callers' consultations, which must not depend on
+                # this caller staying.
+                while waiting in self._waiting:
+                    batch = asyncio.create_task(self._write_batch(self._take_batch()))
+                    self._batches.add(batch)
+                    batch.add_done_callback(self._batches.discard)
+                    await asyncio.shield(batch)
+        except BaseException:
+            if waiting in self._waiting:  # cancelled before anyone took it
+                self._waiting.remove(waiting)
+            else:  # taken: the write goes on, its result is nobody's
+                waiting.result.cancel()
+            raise
+        return await waiting.result
 
     def _take_batch(self) -> list[_Waiting]:
         batch: list[_Waiting] = []
@@ -174,8 +174,13 @@ class CardBridge:
             if len(batch) > 1:
                 try:
                     results = await self._write([waiting.card for waiting in batch])
+                except _AfterCommit as committed:
+                    for waiting in batch:
+                        _settle(waiting, committed.error)
+                    return
                 except Exception as error:
-                    # Each is written again alone: the error belongs to one of them.
+                    # Nothing was stored. Each is written again alone: the error
+                    # belongs to one of them.
                     _log.debug("a batch of %d consultations failed (%r)", len(batch), error)
                 else:
                     for waiting, result in zip(batch, results, strict=True):
@@ -184,13 +189,14 @@ class CardBridge:
             for waiting in batch:
                 try:
                     _settle(waiting, await self._write_alone(waiting.card))
+                except _AfterCommit as committed:
+                    _settle(waiting, committed.error)
                 except Exception as error:
                     _settle(waiting, error)
-        except BaseException:
-            for waiting in batch:  # the writer was cancelled; the others queue again
+        finally:
+            for waiting in batch:  # only when the loop itself is being torn down
                 if not waiting.result.done():
                     waiting.result.cancel()
-            raise
 
     async def _write_alone(self, card: ConsultationCard) -> BridgeResult:
         for attempt in range(1, self._attempts + 1):
@@ -202,34 +208,46 @@ class CardBridge:
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _write(self, cards: Sequence[ConsultationCard]) -> list[BridgeResult]:
-        """``cards`` (of different sessions) in one transaction."""
+        """``cards`` (of different sessions) in one transaction. An error raised once the
+        transaction is committed (by the audit) comes as :class:`_AfterCommit`: the
+        consultations are stored, writing them again would only find them."""
         clinical_entries = [entry for card in cards for entry in card.clinical]
-        async with self._repository.begin(self._accessor) as writer:
-            await writer.flush()
-            if writer.connection.dialect.name == "postgresql":
-                await _lock_criteria(writer.connection, clinical_entries)
-            identities = await self._ensure_identities(
-                writer, [entry for card in cards for entry in card.identities]
-            )
-            clinical = iter(await self._conditional_creates(writer, clinical_entries))
-            results = []
-            for card in cards:
-                message_id: int | None = None
-                message_created = False
-                if self._deliver_upstream:
-                    message_id, message_created = await enqueue(
-                        writer.connection, card.session_id, card.upstream_bundle(), self._clock()
-                    )
-                written = [next(clinical) for _ in card.clinical]
-                results.append(
-                    BridgeResult(
-                        card.session_id,
-                        written[0].reference,
-                        (*(next(identities) for _ in card.identities), *written),
-                        message_id,
-                        message_created,
-                    )
+        opened: CardWriter | None = None
+        try:
+            async with self._repository.begin(self._accessor) as writer:
+                opened = writer
+                await writer.flush()
+                if writer.connection.dialect.name == "postgresql":
+                    await _lock_criteria(writer.connection, clinical_entries)
+                identities = await self._ensure_identities(
+                    writer, [entry for card in cards for entry in card.identities]
                 )
+                clinical = iter(await self._conditional_creates(writer, clinical_entries))
+                results = []
+                for card in cards:
+                    message_id: int | None = None
+                    message_created = False
+                    if self._deliver_upstream:
+                        message_id, message_created = await enqueue(
+                            writer.connection,
+                            card.session_id,
+                            card.upstream_bundle(),
+                            self._clock(),
+                        )
+                    written = [next(clinical) for _ in card.clinical]
+                    results.append(
+                        BridgeResult(
+                            card.session_id,
+                            written[0].reference,
+                            (*(next(identities) for _ in card.identities), *written),
+                            message_id,
+                            message_created,
+                        )
+                    )
+        except Exception as error:
+            if opened is not None and opened.committed:
+                raise _AfterCommit(error) from error
+            raise
         return results
 
     async def _ensure_identities(
@@ -248,8 +266,11 @@ class CardBridge:
         # Sorted: two transactions creating the same new identities (two batches with one
         # new patient) insert them in the same order, so they wait, never deadlock.
         for key in sorted(first_entry.keys() - found):
-            if (await writer.update(key[0], key[1], first_entry[key].resource)).created:
-                created.add(key)
+            if not (await writer.update(key[0], key[1], first_entry[key].resource)).created:
+                # Created by someone else since ``existing``: their version stands; the
+                # transaction is rolled back and the write runs again (and finds it).
+                raise Conflict(f"{key[0]}/{key[1]} was created concurrently")
+            created.add(key)
         bridged = []
         for entry, key in zip(entries, keys, strict=True):
             bridged.append(
@@ -305,6 +326,14 @@ class CardBridge:
             )
             for entry in entries
         ]
+
+
+class _AfterCommit(Exception):
+    """A write's transaction committed, then something after it (the audit) failed."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(eq=False)

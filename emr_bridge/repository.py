@@ -336,6 +336,9 @@ class CardWriter:
         # is ever deleted from fhir_resources, so references to them need no check.
         self._known: set[tuple[str, str]] = set()
         self.written: list[StoredResource] = []
+        # Set by FhirRepository.begin once the transaction is committed (what follows,
+        # the audit, can still raise; the writes stand).
+        self.committed = False
         # Rows to insert, per table, sent before the next read on this transaction (or at
         # the end): one statement for all tables on PostgreSQL, one executemany per table
         # elsewhere; a consultation's resources cost a round trip, not one per resource.
@@ -874,6 +877,7 @@ class FhirRepository:
             writer = CardWriter(connection, accessor, self._policy, self._clock)
             yield writer
             await writer.finish()
+        writer.committed = True
         for stored in writer.written:
             await self._audit.record(
                 CardAuditEvent(

@@ -5,6 +5,8 @@ lost when one of them fails or a writing caller is cancelled. SQLite and Postgre
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,11 +15,12 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from emr_bridge.access import Accessor
+from emr_bridge.audit import CardAuditEvent
 from emr_bridge.bridge import CardBridge
 from emr_bridge.outbox import enqueue
 from emr_bridge.outcomes import PreconditionFailed
 from emr_bridge.repository import CardWriter, FhirRepository
-from tests.emr_bridge.conftest import count_rows, encounter
+from tests.emr_bridge.conftest import RecordingAuditSink, count_rows, encounter
 from tests.emr_bridge.consultations import FULL_TOTAL, full_outcome
 
 CLINICAL = FULL_TOTAL - 3  # all but the Organization, Practitioner and Patient
@@ -43,18 +46,31 @@ def counting(repository: FhirRepository) -> CountingRepository:
 
 
 async def test_concurrent_consultations_share_transactions_and_each_gets_its_own_result(
-    counting: CountingRepository, engine: AsyncEngine
+    counting: CountingRepository, engine: AsyncEngine, system: Accessor
 ) -> None:
     bridge = CardBridge(counting, deliver_upstream=True, transactions=1)
-    # 12 sessions of 3 patients, none of whom exists yet, and one session twice.
+    # 12 sessions of 3 patients, none of whom exists yet, of two shapes (every third
+    # without prescriptions or diagnoses), and one session twice.
     outcomes = [full_outcome(f"session-{n}", patient_id=f"patient-{n % 3}") for n in range(12)]
+    outcomes = [
+        dataclasses.replace(o, prescriptions=(), diagnoses=()) if n % 3 == 1 else o
+        for n, o in enumerate(outcomes)
+    ]
     outcomes.append(full_outcome("session-0", patient_id="patient-0"))
 
     results = await asyncio.gather(*(bridge.write(outcome) for outcome in outcomes))
 
-    assert counting.transactions < len(outcomes)
+    # The first is written alone at once; the twelve that queued meanwhile, together.
+    assert counting.transactions == 2
     assert [r.session_id for r in results] == [o.session_id for o in outcomes]
-    assert len({r.encounter for r in results}) == 12
+    for outcome, result in zip(outcomes, results, strict=True):
+        stored = await counting.read(system, *result.encounter.split("/"))
+        identifiers = {(i["system"], i["value"]) for i in stored.resource["identifier"]}
+        assert ("urn:telemed:session", outcome.session_id) in identifiers
+        assert result.resources[2].reference == f"Patient/{outcome.patient.id}"
+        kinds = Counter(r.reference.split("/")[0] for r in result.resources)
+        assert kinds["MedicationRequest"] == len(outcome.prescriptions)
+        assert kinds["Condition"] == len(outcome.diagnoses)
     assert results[-1].encounter == results[0].encounter
     assert results[-1].created == ()
     # Each patient was created once, and reported created by one consultation only.
@@ -65,8 +81,9 @@ async def test_concurrent_consultations_share_transactions_and_each_gets_its_own
         if resource.reference.startswith("Patient/")
     ]
     assert sorted(created_patients) == [f"Patient/patient-{n}" for n in range(3)]
-    # 12 consultations' clinical resources, 3 patients, the clinic and the practitioner.
-    assert await count_rows(engine, "fhir_resources") == 12 * CLINICAL + 3 + 2
+    # The consultations' clinical resources, 3 patients, the clinic and the practitioner.
+    clinical = sum(len(r.resources) - 3 for r in results[:12])
+    assert await count_rows(engine, "fhir_resources") == clinical + 3 + 2
     assert await count_rows(engine, "card_outbox") == 12
 
 
@@ -94,7 +111,7 @@ async def test_a_failing_consultation_fails_alone(
     assert await count_rows(engine, "fhir_resources") == before + 6 * CLINICAL
 
 
-async def test_when_the_writing_caller_is_cancelled_the_others_are_still_written(
+async def test_a_caller_cancelled_while_its_batch_is_written_does_not_stop_the_write(
     repository: FhirRepository, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     held = {"session-first", "session-a"}
@@ -123,12 +140,50 @@ async def test_when_the_writing_caller_is_cancelled_the_others_are_still_written
     release.clear()
     await reached["session-a"].wait()
     a.cancel()
-    release.set()
-
     with pytest.raises(asyncio.CancelledError):
         await a
+    release.set()
     result = await asyncio.wait_for(b, 30)
 
     assert result.session_id == "session-b"
     assert len(result.created) == CLINICAL
-    assert await count_rows(engine, "card_outbox") == 2  # first and b; a rolled back
+    # A's consultation was in the batch and is stored all the same.
+    assert await count_rows(engine, "card_outbox") == 3
+    again = await bridge.write(full_outcome("session-a"))
+    assert again.created == ()
+
+
+class FailingAuditSink(RecordingAuditSink):
+    """Fails once, on the ``fail_at``-th event (the store has committed by then)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    async def record(self, event: CardAuditEvent) -> None:
+        await super().record(event)
+        if len(self.events) == self.fail_at:
+            raise AuditDown("the audit log is unreachable")
+
+
+class AuditDown(Exception):
+    pass
+
+
+async def test_an_error_after_the_commit_reaches_each_caller_and_nothing_is_written_twice(
+    engine: AsyncEngine,
+) -> None:
+    audit = FailingAuditSink(fail_at=FULL_TOTAL + 5)  # during the second transaction
+    bridge = CardBridge(FhirRepository(engine, audit), deliver_upstream=True, transactions=1)
+
+    results = await asyncio.gather(
+        *(bridge.write(full_outcome(f"session-{n}")) for n in range(4)),
+        return_exceptions=True,
+    )
+
+    assert not isinstance(results[0], BaseException)
+    # The batch of the other three committed, then its audit failed: each of its callers
+    # hears of it; none is told "written, nothing new".
+    assert all(isinstance(r, AuditDown) for r in results[1:])
+    assert await count_rows(engine, "fhir_resources") == 4 * CLINICAL + 3
+    assert await count_rows(engine, "card_outbox") == 4

@@ -6,6 +6,7 @@ read back as the same numbers."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -38,7 +39,7 @@ def test_text_is_the_standard_compact_json(data: Any, sort_keys: bool) -> None:
 
 def test_tiny_numbers_read_back_as_they_were() -> None:
     # The one difference from the standard encoder: 1e-7 rather than 1e-07.
-    data = {"quantity": [1e-7, 1.5e-300, 5e-324]}
+    data = {"quantity": [1e-5, 1e-7, 1.5e-300, 5e-324]}
 
     assert json.loads(compact(data)) == data
 
@@ -47,3 +48,10 @@ def test_a_decimal_beyond_64_bits_is_written_exactly() -> None:
     data = {"valueDecimal": 123456789012345678901234567890}
 
     assert compact(data) == '{"valueDecimal":123456789012345678901234567890}'
+
+
+def test_what_is_not_json_is_refused_as_before() -> None:
+    moment = datetime(2026, 11, 26, tzinfo=UTC)
+
+    with pytest.raises(TypeError):
+        compact({"when": moment})
