@@ -100,7 +100,9 @@ class CardBridge:
     shared instead of the consultations queueing for them one by one. A lone
     consultation is written at once, alone. A batch either commits whole or, on any
     error, each of its consultations is written again on its own, so one consultation's
-    error is its caller's alone and never costs another consultation its write.
+    error is its caller's alone and never costs another consultation its write (an
+    error after the commit, from the audit, reaches every caller of the batch and is not
+    retried: the consultations are stored).
     """
 
     def __init__(
