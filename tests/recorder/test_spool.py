@@ -103,7 +103,11 @@ async def test_parts_upload_while_the_file_grows(storage_settings: StorageSettin
             lambda: _at_least(parts_in_store(observer, spool, KEY), 2), "the second part"
         )
         assert not segment.closed
-        assert segment.progress.uploaded_bytes == 2 * part
+        # The spool counts a part once the store has acknowledged it, a moment after
+        # the part became visible there.
+        await wait_until(
+            lambda: _uploaded(segment, 2 * part), "the progress to count the second part"
+        )
         await write_slowly(segment, data[2 * part + 100 :])
 
         info = await segment.finish()
@@ -116,6 +120,10 @@ async def test_parts_upload_while_the_file_grows(storage_settings: StorageSettin
 
 async def _at_least(count: Any, minimum: int) -> bool:
     return int(await count) >= minimum
+
+
+async def _uploaded(segment: SpoolSegment, size: int) -> bool:
+    return segment.progress.uploaded_bytes == size
 
 
 async def test_small_and_empty_segments_are_stored_whole(
