@@ -391,10 +391,9 @@ async def _find_by_identifier(
     searches do)."""
     wanted = {(e.resource_type, e.identifier_system, e.identifier_value) for e in entries}
     found: dict[tuple[str, str, str], list[str]] = {}
+    # The query matches exactly the wanted (type, system, value) triples.
     for row in await connection.execute(identifier_lookup(wanted)):
-        key = (row.resource_type, row.system, row.code)
-        if key in wanted:
-            found.setdefault(key, []).append(row.resource_id)
+        found.setdefault((row.resource_type, row.system, row.code), []).append(row.resource_id)
     return found
 
 
